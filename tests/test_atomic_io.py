@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from dermcan import atomic_io
@@ -31,3 +34,13 @@ def test_csv_round_trip(tmp_path):
     rows = [{"path": "data/a b.jpg", "label": "hemangioma"}, {"path": "x,y.jpg", "label": ""}]
     atomic_io.write_csv(target, rows, ["path", "label"])
     assert atomic_io.read_csv(target) == rows
+
+
+def test_written_file_mode_follows_umask(tmp_path):
+    target = tmp_path / "shared.txt"
+    old_umask = os.umask(0o022)
+    try:
+        atomic_io.write_text(target, "x")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

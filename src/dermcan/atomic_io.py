@@ -29,6 +29,10 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(handle)
     temporary_path = Path(temporary)
+    # mkstemp creates the file readable by its owner only; give it the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary_path, 0o666 & ~umask)
     try:
         yield temporary_path
         with open(temporary_path, "rb") as written:

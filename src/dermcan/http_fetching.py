@@ -1,0 +1,384 @@
+"""HTTP downloads for the crawler: per-host politeness, timeouts, size limits, retries, redirects.
+
+A download never raises for what a server does: :meth:`Fetcher.fetch` returns a
+:class:`FetchResult` whose ``status`` is ``ok`` or a crawl manifest status (``http_error``,
+``timeout``, ``too_large``, ``too_many_redirects``, or whatever the caller's URL check returns
+for a redirect target, such as ``blocked_site``).
+
+Retries: a response status in ``retry_statuses`` (5xx, 429) and a failed connection are
+retried up to ``max_retries`` times, a timeout up to ``max_timeout_retries`` times, with
+exponential backoff (``backoff_s``, doubled each retry, or the server's Retry-After if longer,
+capped at ``max_backoff_s``). Other 4xx statuses are never retried.
+
+URLs are handled in canonical form. ``connect_to`` maps a canonical origin to the origin
+actually contacted, like curl's ``--connect-to``: the demo web is crawled as
+``http://demo-web.test`` while the server listens on an ephemeral port of 127.0.0.1, so
+manifests and resume journals do not depend on the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import requests
+import urllib3.exceptions
+
+log = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Politeness towards one host: concurrent requests and seconds between request starts."""
+
+    delay_s: float
+    max_per_host: int
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Timeouts, limits and retry rules shared by every download of a crawl."""
+
+    user_agent: str
+    connect_timeout_s: float
+    read_timeout_s: float  # maximum wait for the next bytes of a response
+    total_timeout_s: float  # maximum time for one response, headers to last byte
+    max_redirects: int
+    max_retries: int
+    max_timeout_retries: int
+    backoff_s: float
+    max_backoff_s: float
+    retry_statuses: frozenset[int]
+    politeness: HostPolicy
+    max_crawl_delay_s: float  # cap on a robots.txt Crawl-delay
+
+
+# A URL check returns None to go ahead, or (status, reason) to stop before requesting the URL.
+UrlCheck = Callable[[str], "tuple[str, str] | None"]
+
+
+@dataclass
+class FetchResult:
+    """The outcome of one download, after redirects and retries."""
+
+    url: str  # canonical, as requested
+    final_url: str  # canonical, after redirects
+    status: str  # "ok" or a manifest status
+    reason: str = ""
+    content: bytes = b""
+    content_type: str = ""
+    http_status: int | None = None
+    attempts: int = 0
+    transient: bool = False  # True when a later rerun may succeed (timeouts, 5xx, no connection)
+
+
+def host_of(url: str) -> str:
+    """Return the lower-case ``host[:port]`` of ``url``."""
+    return urllib.parse.urlsplit(url).netloc.lower()
+
+
+def host_matches(host: str, pattern: str) -> bool:
+    """Return whether ``host`` ("name[:port]") is ``pattern`` or a subdomain of it.
+
+    A pattern with a port matches that port only; one without matches every port.
+    """
+    pattern = pattern.lower().strip()
+    if ":" in pattern:
+        return host == pattern
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name == pattern or name.endswith("." + pattern)
+
+
+class HostGate:
+    """Limits concurrent requests per host and spaces out their starts."""
+
+    def __init__(self, default: HostPolicy) -> None:
+        self._default = default
+        self._overrides: dict[str, HostPolicy] = {}
+        self._guard = threading.Lock()
+        self._semaphores: dict[str, threading.Semaphore] = {}
+        self._next_start: dict[str, float] = {}
+        self._extra_delay: dict[str, float] = {}
+
+    def policy_for(self, host: str) -> HostPolicy:
+        with self._guard:
+            overrides = list(self._overrides.items())
+        for pattern, policy in overrides:
+            if host_matches(host, pattern):
+                return policy
+        return self._default
+
+    def set_policy(self, pattern: str, policy: HostPolicy) -> None:
+        """Use ``policy`` for hosts matching ``pattern`` (see :func:`host_matches`) from now on."""
+        with self._guard:
+            self._overrides[pattern.lower()] = policy
+
+    def set_min_delay(self, host: str, delay_s: float) -> None:
+        """Raise the delay between request starts on ``host`` to at least ``delay_s``."""
+        with self._guard:
+            self._extra_delay[host] = max(delay_s, self._extra_delay.get(host, 0.0))
+
+    @contextlib.contextmanager
+    def slot(self, host: str) -> Iterator[None]:
+        policy = self.policy_for(host)
+        with self._guard:
+            semaphore = self._semaphores.setdefault(
+                host, threading.Semaphore(max(1, policy.max_per_host))
+            )
+        with semaphore:
+            with self._guard:
+                delay = max(policy.delay_s, self._extra_delay.get(host, 0.0))
+                now = time.monotonic()
+                start = max(now, self._next_start.get(host, now))
+                self._next_start[host] = start + delay
+            if start > now:
+                time.sleep(start - now)
+            yield
+
+
+@dataclass
+class _Attempt:
+    kind: str  # "ok", "redirect", "http", "timeout", "connection", "too_large", "invalid"
+    reason: str = ""
+    content: bytes = b""
+    content_type: str = ""
+    http_status: int | None = None
+    location: str = ""
+    retry_after_s: float | None = None
+
+
+@dataclass
+class Fetcher:
+    """Downloads URLs politely; safe to share between threads."""
+
+    settings: HttpSettings
+    gate: HostGate
+    connect_to: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+        self._forward = {
+            canonical.rstrip("/").lower(): actual.rstrip("/") for canonical, actual in self.connect_to.items()
+        }
+        self._reverse = {
+            actual.rstrip("/").lower(): canonical.rstrip("/") for canonical, actual in self.connect_to.items()
+        }
+
+    # -- URL mapping ----------------------------------------------------------------------
+
+    def to_actual(self, url: str) -> str:
+        return _swap_origin(url, self._forward)
+
+    def to_canonical(self, url: str) -> str:
+        return _swap_origin(url, self._reverse)
+
+    # -- downloads ------------------------------------------------------------------------
+
+    def fetch(
+        self,
+        url: str,
+        *,
+        max_bytes: int,
+        accept: str = "*/*",
+        check: UrlCheck | None = None,
+        truncate: bool = False,
+    ) -> FetchResult:
+        """Download ``url`` (canonical), following redirects.
+
+        ``check`` vets each redirect target. A body over ``max_bytes`` gives ``too_large``,
+        or with ``truncate`` its first ``max_bytes`` bytes (robots.txt is read that way).
+        """
+        current = url
+        redirects = 0
+        attempts = 0
+        while True:
+            if check is not None and current != url:
+                rejection = check(current)
+                if rejection is not None:
+                    status, reason = rejection
+                    return FetchResult(url, current, status, f"redirect target {current}: {reason}", attempts=attempts)
+            attempt, used = self._get_with_retries(current, max_bytes=max_bytes, accept=accept, truncate=truncate)
+            attempts += used
+            if attempt.kind == "redirect":
+                if redirects >= self.settings.max_redirects:
+                    return FetchResult(
+                        url, current, "too_many_redirects",
+                        f"more than {self.settings.max_redirects} redirects (last to {attempt.location})",
+                        http_status=attempt.http_status, attempts=attempts,
+                    )
+                redirects += 1
+                current = attempt.location
+                continue
+            return self._result(url, current, attempt, attempts)
+
+    def _result(self, url: str, final_url: str, attempt: _Attempt, attempts: int) -> FetchResult:
+        if attempt.kind == "ok":
+            return FetchResult(
+                url, final_url, "ok", content=attempt.content, content_type=attempt.content_type,
+                http_status=attempt.http_status, attempts=attempts,
+            )
+        status = {"timeout": "timeout", "too_large": "too_large"}.get(attempt.kind, "http_error")
+        transient = attempt.kind in ("timeout", "connection") or (
+            attempt.kind == "http" and attempt.http_status in self.settings.retry_statuses
+        )
+        reason = attempt.reason
+        if attempts > 1:
+            reason += f" after {attempts} attempts"
+        return FetchResult(
+            url, final_url, status, reason, content_type=attempt.content_type,
+            http_status=attempt.http_status, attempts=attempts, transient=transient,
+        )
+
+    def _get_with_retries(
+        self, url: str, *, max_bytes: int, accept: str, truncate: bool
+    ) -> tuple[_Attempt, int]:
+        settings = self.settings
+        retries = 0
+        timeout_retries = 0
+        attempts = 0
+        while True:
+            attempts += 1
+            attempt = self._get_once(url, max_bytes=max_bytes, accept=accept, truncate=truncate)
+            if attempt.kind == "timeout" and timeout_retries < settings.max_timeout_retries:
+                timeout_retries += 1
+            elif (
+                attempt.kind == "connection"
+                or (attempt.kind == "http" and attempt.http_status in settings.retry_statuses)
+            ) and retries < settings.max_retries:
+                retries += 1
+            else:
+                return attempt, attempts
+            wait = min(
+                settings.max_backoff_s,
+                max(settings.backoff_s * 2 ** (attempts - 1), attempt.retry_after_s or 0.0),
+            )
+            log.info("retrying %s in %.2f s after %s (attempt %d)", url, wait, attempt.reason, attempts)
+            time.sleep(wait)
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.settings.user_agent
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def _get_once(self, url: str, *, max_bytes: int, accept: str, truncate: bool) -> _Attempt:
+        settings = self.settings
+        actual = self.to_actual(url)
+        try:
+            with self.gate.slot(host_of(url)):
+                started = time.monotonic()
+                with self._session().get(
+                    actual,
+                    headers={"Accept": accept},
+                    timeout=(settings.connect_timeout_s, settings.read_timeout_s),
+                    allow_redirects=False,
+                    stream=True,
+                ) as response:
+                    return self._read_response(response, max_bytes=max_bytes, started=started, truncate=truncate)
+        except requests.exceptions.Timeout as error:
+            return _Attempt("timeout", f"timed out ({_timeout_kind(error)})")
+        except requests.exceptions.ConnectionError as error:
+            if _is_read_timeout(error):
+                return _Attempt("timeout", "timed out (read)")
+            return _Attempt("connection", f"connection failed: {_short_error(error)}")
+        except requests.exceptions.ChunkedEncodingError as error:
+            return _Attempt("connection", f"connection broken during the body: {_short_error(error)}")
+        except requests.exceptions.ContentDecodingError as error:
+            return _Attempt("http", f"invalid Content-Encoding: {_short_error(error)}")
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema) as error:
+            return _Attempt("invalid", f"invalid URL: {_short_error(error)}")
+        except requests.exceptions.RequestException as error:
+            return _Attempt("invalid", f"request failed: {type(error).__name__}: {_short_error(error)}")
+
+    def _read_response(
+        self, response: requests.Response, *, max_bytes: int, started: float, truncate: bool
+    ) -> _Attempt:
+        settings = self.settings
+        code = response.status_code
+        content_type = response.headers.get("Content-Type", "")
+        if code in (301, 302, 303, 307, 308):
+            location = response.headers.get("Location")
+            if not location:
+                return _Attempt("http", f"HTTP {code} without a Location header", http_status=code)
+            target = self.to_canonical(urllib.parse.urljoin(response.url, location))
+            return _Attempt("redirect", http_status=code, location=urllib.parse.urldefrag(target).url)
+        if code >= 300:
+            return _Attempt(
+                "http", f"HTTP {code}", http_status=code, content_type=content_type,
+                retry_after_s=_retry_after(response),
+            )
+
+        declared = response.headers.get("Content-Length")
+        if not truncate and declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            return _Attempt(
+                "too_large", f"Content-Length {declared} exceeds the limit of {max_bytes} bytes",
+                http_status=code, content_type=content_type,
+            )
+        chunks: list[bytes] = []
+        received = 0
+        for chunk in response.iter_content(_CHUNK_BYTES):
+            received += len(chunk)
+            if received > max_bytes and truncate:
+                chunks.append(chunk[: max_bytes - (received - len(chunk))])
+                break
+            if received > max_bytes:
+                return _Attempt(
+                    "too_large", f"body exceeded the limit of {max_bytes} bytes; download aborted",
+                    http_status=code, content_type=content_type,
+                )
+            if time.monotonic() - started > settings.total_timeout_s:
+                return _Attempt(
+                    "timeout", f"timed out (response took over {settings.total_timeout_s:g} s)",
+                    http_status=code, content_type=content_type,
+                )
+            chunks.append(chunk)
+        return _Attempt("ok", content=b"".join(chunks), content_type=content_type, http_status=code)
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+
+def _swap_origin(url: str, origins: Mapping[str, str]) -> str:
+    if not origins:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    replacement = origins.get(f"{parts.scheme}://{parts.netloc}".lower())
+    if replacement is None:
+        return url
+    return replacement + url[len(parts.scheme) + 3 + len(parts.netloc):]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else None
+
+
+def _is_read_timeout(error: BaseException) -> bool:
+    # requests wraps a read timeout during iter_content in ConnectionError(ReadTimeoutError).
+    return any(isinstance(argument, urllib3.exceptions.ReadTimeoutError) for argument in error.args)
+
+
+def _timeout_kind(error: requests.exceptions.Timeout) -> str:
+    return "connect" if isinstance(error, requests.exceptions.ConnectTimeout) else "read"
+
+
+def _short_error(error: BaseException) -> str:
+    text = str(error)
+    return text if len(text) <= 200 else text[:197] + "..."
