@@ -19,7 +19,29 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 # Parameter values that shrink every stage to seconds; keys are dotted paths into params.yaml.
-TINY_PARAMS: dict[str, Any] = {}
+TINY_PARAMS: dict[str, Any] = {
+    "demo_web.photos_per_class": 8,
+    "demo_web.blog_posts": 3,
+    "demo_external.images_per_class": 4,
+    "demo_external.size": 64,
+    "annotate.folds": 3,
+    "split.val_fraction": 0.25,
+    "train.epochs": 1,
+    "train.batch_size": 16,
+    "train.model.input_size": 32,
+    "train.num_workers": 0,
+    "evaluate.bootstrap.iterations": 20,
+    "evaluate.top_errors": 4,
+    "gan.resolution": 16,
+    "gan.generator_width": 4,
+    "gan.discriminator_width": 4,
+    "gan.max_channels": 16,
+    "gan.iterations": 4,
+    "gan.batch_size": 4,
+    "gan.checkpoint_every": 2,
+    "gan.images_per_class": 4,
+    "gan.metrics.kid_subset_size": 4,
+}
 
 
 def dvc_environment() -> dict[str, str]:

@@ -22,6 +22,7 @@ from dermcan.gan_training import (
     GanConfig,
     load_generator,
     load_training_images,
+    mode_seeking_penalty,
     train_gan,
 )
 
@@ -228,6 +229,38 @@ def test_diffaugment_cutout_zeroes_quarter() -> None:
 def test_diffaugment_rejects_unknown_operation() -> None:
     with pytest.raises(ValueError, match="valid ones are"):
         GanConfig.from_params({"diffaugment": ["rotation"]})
+
+
+def test_mode_seeking_penalty_punishes_collapse() -> None:
+    z_a, z_b = torch.zeros(2, 8), torch.ones(2, 8)
+    same = torch.zeros(2, 3, 4, 4)
+    different = torch.ones(2, 3, 4, 4)
+    collapsed = mode_seeking_penalty(same, same, z_a, z_b)
+    diverse = mode_seeking_penalty(same, different, z_a, z_b)
+    assert collapsed > 1000
+    assert diverse == pytest.approx(1.0, rel=1e-3)
+
+
+def test_training_with_mode_seeking_runs(
+    tmp_path: Path, tiny_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    images, labels = tiny_data
+    config = GanConfig.from_params({**TINY, "iterations": 2, "mode_seeking_weight": 1.0})
+    summary = train_gan(images, labels, classes=CLASSES, config=config, output_dir=tmp_path)
+    assert summary["step"] == 2
+    assert np.isfinite(summary["losses"]["generator_loss"])
+
+
+def test_checkpoint_without_new_setting_restarts(
+    tmp_path: Path, tiny_data: tuple[torch.Tensor, torch.Tensor], trained_dir: Path
+) -> None:
+    images, labels = tiny_data
+    checkpoint = torch.load(trained_dir / CHECKPOINT_NAME, weights_only=False)
+    del checkpoint["config"]["mode_seeking_weight"]
+    torch.save(checkpoint, tmp_path / CHECKPOINT_NAME)
+    config = GanConfig.from_params({**TINY, "iterations": 2})
+    summary = train_gan(images, labels, classes=CLASSES, config=config, output_dir=tmp_path)
+    assert summary["step"] == 2
 
 
 def test_networks_output_shapes() -> None:

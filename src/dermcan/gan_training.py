@@ -68,6 +68,7 @@ class GanConfig:
     betas: tuple[float, float] = (0.5, 0.99)
     r1_gamma: float = 0.1
     r1_interval: int = 4
+    mode_seeking_weight: float = 0.0
     ema_decay: float = 0.995
     diffaugment: tuple[str, ...] = ("color", "translation", "cutout")
     xflip: bool = True
@@ -98,6 +99,10 @@ class GanConfig:
                 raise ValueError(f"gan.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"gan.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.mode_seeking_weight < 0:
+            raise ValueError(
+                f"gan.mode_seeking_weight must be >= 0, got {self.mode_seeking_weight}"
+            )
         if self.r1_gamma < 0:
             raise ValueError(f"gan.r1_gamma must be >= 0, got {self.r1_gamma}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -273,11 +278,13 @@ def load_resumable_checkpoint(
         reasons.append("the training images differ")
     if list(checkpoint["classes"]) != list(classes):
         reasons.append("the class list differs")
-    if saved_config.training_settings() != config.training_settings():
-        changed = sorted(
-            key for key, value in config.training_settings().items()
-            if saved_config.training_settings().get(key) != value
-        )
+    # A setting absent from an older checkpoint counts as changed: the run that wrote it did
+    # not use the setting, whatever its default is now.
+    changed = sorted(
+        key for key, value in config.training_settings().items()
+        if key not in checkpoint["config"] or saved_config.training_settings()[key] != value
+    )
+    if changed:
         reasons.append(f"settings changed: {', '.join(changed)}")
     if reasons:
         logger.warning("not resuming from %s (%s); training starts at step 0", path,
@@ -372,12 +379,21 @@ def training_step(
     average_gradients(discriminator, world_size)
     state.discriminator_optimizer.step()
 
-    # Generator update.
+    # Generator update. With the mode-seeking term on, the second half of the batch repeats the
+    # first half's labels, so each pair (i, i + half) differs only in its noise.
     z = torch.randn(batch_size, config.latent_dim, generator=rng, device=device)
+    half = batch_size // 2 if config.mode_seeking_weight > 0 else 0
+    generator_labels = real_labels.clone()
+    generator_labels[half:2 * half] = real_labels[:half]
     discriminator.requires_grad_(False)
     with autocast:
-        fake = generator(z, real_labels)
-        generator_loss = F.softplus(-discriminator(augment(fake), real_labels)).mean()
+        fake = generator(z, generator_labels)
+        adversarial_loss = F.softplus(-discriminator(augment(fake), generator_labels)).mean()
+    generator_loss = adversarial_loss
+    if config.mode_seeking_weight > 0 and half > 0:
+        generator_loss = generator_loss + config.mode_seeking_weight * mode_seeking_penalty(
+            fake[:half].float(), fake[half:2 * half].float(), z[:half], z[half:2 * half]
+        )
     state.generator_optimizer.zero_grad(set_to_none=True)
     generator_loss.backward()
     discriminator.requires_grad_(True)
@@ -390,13 +406,27 @@ def training_step(
     state.step += 1
     losses = {
         "discriminator_loss": float(discriminator_loss.detach()),
-        "generator_loss": float(generator_loss.detach()),
+        "generator_loss": float(adversarial_loss.detach()),
         "real_logit": float(real_logits.detach().float().mean()),
         "fake_logit": float(fake_logits.detach().float().mean()),
     }
     if r1_penalty is not None:
         losses["r1_penalty"] = float(r1_penalty.detach())
     return losses
+
+
+def mode_seeking_penalty(
+    images_a: torch.Tensor, images_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor
+) -> torch.Tensor:
+    """Return the mode-seeking penalty 1 / (mean |G(z_a) - G(z_b)| / mean |z_a - z_b| + 1e-5).
+
+    From MSGAN (Mao et al., "Mode Seeking Generative Adversarial Networks for Diverse Image
+    Synthesis", 2019): the penalty grows when two noise vectors of one class give similar
+    images, which counters mode collapse.
+    """
+    image_distance = (images_a - images_b).abs().mean(dim=(1, 2, 3))
+    noise_distance = (z_a - z_b).abs().mean(dim=1)
+    return 1.0 / ((image_distance / noise_distance).mean() + 1e-5)
 
 
 def gather_rng_states(state: TrainingState, world_size: int) -> list[dict[str, torch.Tensor]]:
