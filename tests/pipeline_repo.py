@@ -106,12 +106,3 @@ def make_pipeline_repo(destination: Path, overrides: Mapping[str, Any] | None = 
     run(["git", "commit", "-q", "-m", "pipeline under test"], destination)
     return destination
 
-
-def stages_that_would_run(repo: Path) -> list[str]:
-    """Return the names of the stages `dvc repro --dry` would run, in order."""
-    output = run(["dvc", "repro", "--dry"], repo).stdout
-    names = []
-    for line in output.splitlines():
-        if line.startswith("Running stage '"):
-            names.append(line.split("'")[1])
-    return names

@@ -1,22 +1,32 @@
-"""Temporary git + DVC repositories with a small stand-in pipeline, for the release tests.
+"""Temporary git + DVC repositories for the release tests.
 
-``build_pipeline`` is the one place that decides which pipeline the release tests run. For now
-it writes a two-stage stand-in (a "crawl" stage and an "annotate" stage) that produces the files
-the release reads in a second or two: data/crawl/, data/annotated/, data/split/can.csv and
-metrics/annotate.json. Swap its body for the real demo pipeline at tiny params to test the
-release on real outputs.
+``build_demo_pipeline`` copies this project's pipeline into a new repository (see
+``pipeline_repo.make_pipeline_repo``, with its tiny params) and runs the data stages a release
+ships: ``dvc repro split measure_annotation``, which also runs demo_web, crawl and annotate.
+Training, evaluation and GAN stages are not run, because a data release does not check them.
+
+``build_stand_in_pipeline`` writes a two-stage stand-in (a "crawl" stage and an "annotate"
+stage) that produces data/crawl/, data/annotated/, data/split/can.csv and metrics/annotate.json
+with known counts in a second or two. Only the datasheet unit test uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from pipeline_repo import dvc_environment as pipeline_environment
+from pipeline_repo import make_pipeline_repo
 from s3_server import dvc_environment
+
+# The stages `dvc repro` runs for a data release; their upstream stages run with them.
+DATA_STAGES = ("split", "measure_annotation")
 
 CRAWL_SCRIPT = '''
 """Stand-in crawl: writes a few fake JPEGs, a crawl manifest and crawl_info.json."""
@@ -94,8 +104,11 @@ def run_command(
     check: bool = True,
     extra_environment: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in ``repository`` with S3 test credentials; raise with its output on failure."""
-    environment = dvc_environment()
+    """Run ``command`` in ``repository`` with S3 test credentials; raise with its output on failure.
+
+    The environment puts this virtualenv first on PATH, so the stages' `python` is this one.
+    """
+    environment = dvc_environment(pipeline_environment())
     environment.update(extra_environment or {})
     completed = subprocess.run(
         command,
@@ -159,16 +172,56 @@ def add_remotes(repository: Path, remotes: dict[str, dict[str, str]], *, default
     Writing the file directly saves one DVC start-up per option; the result is the same INI text.
     """
     path = repository / ".dvc" / ("config.local" if local else "config")
-    lines = [path.read_text(encoding="utf-8")] if path.exists() else []
-    if default:
-        lines.append(f"[core]\n    remote = {default}\n")
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if default and "[core]\n" in text:
+        # A second [core] section is a config error, so the key joins the existing one.
+        text = text.replace("[core]\n", f"[core]\n    remote = {default}\n", 1)
+    elif default:
+        text += f"[core]\n    remote = {default}\n"
+    lines = [text]
     for name, options in remotes.items():
         lines.append(f"['remote \"{name}\"']\n")
         lines.extend(f"    {key} = {value}\n" for key, value in options.items())
     path.write_text("".join(lines), encoding="utf-8")
 
 
-def build_pipeline(repository: Path) -> None:
+def build_demo_pipeline(repository: Path) -> None:
+    """Copy the demo pipeline into a new repository at ``repository``, run the data stages, commit."""
+    make_pipeline_repo(repository)
+    configure_git(repository)
+    run_dvc(repository, "repro", *DATA_STAGES)
+    run_git(repository, "add", "-A")
+    run_git(repository, "commit", "-q", "-m", "Run the data stages")
+
+
+# The repository build_demo_pipeline made in this test session; copies of it are much faster
+# than a second `dvc repro`.
+_built_demo_pipelines: list[Path] = []
+
+
+def copy_demo_pipeline(
+    tmp_path_factory: pytest.TempPathFactory,
+    destination: Path,
+    remotes: dict[str, dict[str, str]],
+    *,
+    default: str,
+) -> Path:
+    """Copy the session's demo pipeline repository to ``destination``, add ``remotes`` and commit them.
+
+    The first call builds the repository with :func:`build_demo_pipeline`.
+    """
+    if not _built_demo_pipelines:
+        built = tmp_path_factory.mktemp("demo-pipeline") / "repo"
+        build_demo_pipeline(built)
+        _built_demo_pipelines.append(built)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(_built_demo_pipelines[0], destination, symlinks=True)
+    add_remotes(destination, remotes, default=default)
+    run_git(destination, "commit", "-q", "-am", "Configure the DVC remotes")
+    return destination
+
+
+def build_stand_in_pipeline(repository: Path) -> None:
     """Write the stand-in pipeline into ``repository``, run it and commit it."""
     stages = repository / "stages"
     stages.mkdir(exist_ok=True)
@@ -200,6 +253,16 @@ def build_pipeline(repository: Path) -> None:
     run_dvc(repository, "repro")
     run_git(repository, "add", "-A")
     run_git(repository, "commit", "-q", "-m", "Add the pipeline")
+
+
+def pull_data(repository: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run `dvc pull --allow-missing`: the data stages' outputs, without the models never trained."""
+    return run_dvc(repository, "pull", "--allow-missing", *arguments)
+
+
+def data_status(repository: Path) -> str:
+    """Return `dvc status --json` of the data stages and their upstream stages, stripped."""
+    return run_dvc(repository, "status", "--json", "--with-deps", *DATA_STAGES).stdout.strip()
 
 
 def hash_tree(repository: Path, *folders: str) -> dict[str, str]:

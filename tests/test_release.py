@@ -1,4 +1,8 @@
-"""The release command, its checks and its datasheet, on a local-directory DVC remote."""
+"""The release command, its checks and its datasheet, on a local-directory DVC remote.
+
+The release runs on the demo pipeline at tiny params (data stages only), built once per test
+session and copied for each test. The exact datasheet counts are checked on the stand-in pipeline.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,39 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_repo import update_params
 from release_pipeline import (
+    DATA_STAGES,
     add_remotes,
-    build_pipeline,
+    build_stand_in_pipeline,
+    copy_demo_pipeline,
     init_repository,
     run_dvc,
     run_git,
     run_release,
 )
 
-from dermcan import shards
+from dermcan import atomic_io, shards
 from dermcan.datasheet import NOT_AVAILABLE, render_datasheet
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository with the stand-in pipeline run and committed, and a default remote `storage`."""
-    repository = tmp_path_factory.mktemp("template") / "repo"
+    """The demo pipeline with its data stages run and committed, and a default remote `storage`."""
+    return copy_demo_pipeline(
+        tmp_path_factory,
+        tmp_path_factory.mktemp("template") / "repo",
+        {"storage": {"url": "/nonexistent/replaced-per-test"}},
+        default="storage",
+    )
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with the stand-in pipeline run and committed."""
+    repository = tmp_path_factory.mktemp("stand-in") / "repo"
     init_repository(repository)
-    add_remotes(repository, {"storage": {"url": "/nonexistent/replaced-per-test"}}, default="storage")
-    build_pipeline(repository)
+    build_stand_in_pipeline(repository)
     return repository
 
 
@@ -69,18 +86,26 @@ def test_no_push_release_with_shards(repository, tmp_path):
     crop = next(path for path in index if path.endswith(".jpg"))
     assert index[crop]["decision"] == "keep"
     assert index[crop]["split"] in ("train", "val")
+    assert index[crop]["source_sha256"] in (repository / "data/crawl/manifest.csv").read_text()
     crawl_index = shards.read_index(repository / "data/release/shards/crawl")
     image_rows = [row for row in crawl_index if row["path"].startswith("images/")]
     assert image_rows
     assert all(row["url"].startswith("http://") for row in image_rows)
-    assert all(row["source_sha256"] == row["sha256"] for row in image_rows)
+    # The manifest's sha256 is of the downloaded bytes, which names the stored (re-encoded) file.
+    assert all(Path(row["path"]).stem == row["source_sha256"] for row in image_rows)
 
 
 def test_dry_run_changes_nothing(repository):
+    # The template never ran train, evaluate or the GAN stages; a data release does not need them.
+    whole_status = run_dvc(repository, "status", "--json").stdout
     head = run_git(repository, "rev-parse", "HEAD").stdout
     completed = run_release(repository, "v1", "--dry-run")
 
     assert "# dermcan data set v1" in completed.stdout
+    assert "train@can" in whole_status
+    assert "gan_train" in whole_status
+    assert "dvc.lock has no entry for demo_external, train, evaluate" in completed.stderr
+    assert "`dvc pull --allow-missing`" in completed.stderr
     assert not (repository / "data/release").exists()
     assert tags(repository) == []
     assert run_git(repository, "rev-parse", "HEAD").stdout == head
@@ -100,17 +125,43 @@ def test_dirty_tree_rejected(repository):
     assert tags(repository) == []
 
 
-def test_stale_pipeline_rejected(repository):
-    params = repository / "params.yaml"
-    params.write_text(params.read_text().replace("threshold: 0.3", "threshold: 0.5"), encoding="utf-8")
-    run_git(repository, "commit", "-q", "-am", "Raise the threshold")
+def test_stale_data_stage_rejected(repository):
+    update_params(repository, {"annotate.box_margin": 0.2})
+    run_git(repository, "commit", "-q", "-am", "Widen the crop margin")
     completed = run_release(repository, "v1", check=False)
 
     assert completed.returncode == 1
     assert "not up to date" in completed.stderr
-    assert "annotate" in completed.stderr
-    assert "dvc repro" in completed.stderr
+    assert "annotate:" in completed.stderr
+    assert "annotate.box_margin" in completed.stderr
+    assert "run `dvc repro crawl annotate split measure_annotation`" in completed.stderr
     assert tags(repository) == []
+
+
+def test_freeze_keeps_comments_and_plots(repository):
+    before_text = (repository / "dvc.yaml").read_text()
+    run_dvc(repository, "freeze", "crawl")
+    after_text = (repository / "dvc.yaml").read_text()
+    before = yaml.safe_load(before_text)
+    after = yaml.safe_load(after_text)
+    # Unfrozen, a changed crawl param would rerun the crawl and everything downstream.
+    update_params(repository, {"crawl.jpeg_quality": 80})
+    repro = run_dvc(repository, "repro", *DATA_STAGES).stdout
+
+    comments = [line.strip() for line in before_text.splitlines() if line.strip().startswith("#")]
+    assert comments
+    assert comments == [line.strip() for line in after_text.splitlines() if line.strip().startswith("#")]
+    assert after["plots"] == before["plots"]
+    assert after["stages"]["train"] == before["stages"]["train"]
+    assert after["stages"]["evaluate"] == before["stages"]["evaluate"]
+    assert after["stages"]["crawl"]["frozen"] is True
+    # dvc freeze writes the frozen stage's lists sorted by name, so they are compared as sets.
+    for key in ("deps", "params", "outs", "metrics"):
+        assert sorted(map(str, after["stages"]["crawl"][key])) == sorted(
+            map(str, before["stages"]["crawl"][key])
+        ), key
+    assert "Running stage 'crawl'" not in repro
+    assert "Running stage" not in repro
 
 
 def test_bad_version_tag_and_remote_rejected(repository):
@@ -160,8 +211,25 @@ def test_release_after_failed_push(repository, tmp_path):
     assert run_dvc(repository, "status", "--cloud", "--json").stdout.strip() in ("", "{}")
 
 
-def test_datasheet_counts_and_sources(template):
+def test_datasheet_of_demo_pipeline(template):
     text = render_datasheet(template, "v9", tag="dataset-v9")
+    split_rows = atomic_io.read_csv(template / "data/split/can.csv")
+    train = sum(row["split"] == "train" for row in split_rows)
+    val = sum(row["split"] == "val" for row in split_rows)
+    decisions = [row["decision"] for row in atomic_io.read_csv(template / "data/annotated/annotations.csv")]
+
+    assert f"| **total** | {train} | {val} | {len(split_rows)} |" in text
+    assert f"| keep | {decisions.count('keep')} |" in text
+    assert "| demo-web.test |" in text
+    assert "| precision | " in text
+    assert "| recall | " in text
+    assert "box_margin: 0.1" in text
+    assert "blocked_hosts" in text
+    assert "- Crawl dates: finished_at: " in text
+
+
+def test_datasheet_counts_and_sources(stand_in):
+    text = render_datasheet(stand_in, "v9", tag="dataset-v9")
 
     assert "| basalcellcarcinoma | 3 | 1 | 4 |" in text
     assert "| **total** | 3 | 2 | 5 |" in text

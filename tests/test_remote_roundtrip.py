@@ -1,25 +1,32 @@
 """Released versions survive the trip to a DVC remote and back: moto's S3 server and a local folder.
 
-One module-scoped repository is released twice to an S3 remote `storage` on moto's server:
-dataset-v1, then dataset-v2 after a param change. The v1 data also goes to a local-directory
-remote `backup`. Each test then works in its own fresh clone.
+One module-scoped repository runs the data stages of the demo pipeline at tiny params and is
+released twice to an S3 remote `storage` on moto's server: dataset-v1, then dataset-v2 after
+annotate.box_margin changes. The v1 data also goes to a local-directory remote `backup`. Each
+test then works in its own fresh clone. Training, evaluation and GAN stages never run, so clones
+pull with `--allow-missing` and check the status of the data stages only.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_repo import update_params
 from release_pipeline import (
+    DATA_STAGES,
     add_remotes,
-    build_pipeline,
+    copy_demo_pipeline,
     clone,
+    data_status,
     hash_tree,
     init_repository,
+    pull_data,
     run_dvc,
     run_git,
     run_release,
@@ -52,8 +59,8 @@ def released(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Released
     base = tmp_path_factory.mktemp("released")
     repository = base / "repo"
     backup = base / "backup-remote"
-    init_repository(repository)
-    add_remotes(
+    copy_demo_pipeline(
+        tmp_path_factory,
         repository,
         {
             "storage": {"url": f"s3://{s3.bucket}/dermcan", "endpointurl": s3.endpoint_url},
@@ -61,16 +68,15 @@ def released(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Released
         },
         default="storage",
     )
-    build_pipeline(repository)
 
     run_release(repository, "v1")
     run_dvc(repository, "push", "-r", "backup")
     v1 = workspace_files(repository)
 
-    params = repository / "params.yaml"
-    params.write_text(params.read_text().replace("threshold: 0.3", "threshold: 0.6"), encoding="utf-8")
-    repro = run_dvc(repository, "repro")
-    run_git(repository, "commit", "-q", "-am", "Raise the annotation threshold")
+    update_params(repository, {"annotate.box_margin": 0.2})
+    repro = run_dvc(repository, "repro", *DATA_STAGES)
+    run_git(repository, "add", "-A")
+    run_git(repository, "commit", "-q", "-m", "Widen the crop margin")
     run_release(repository, "v2")
     v2 = workspace_files(repository)
     return Released(repository=repository, backup=backup, v1=v1, v2=v2, v2_repro_output=repro.stdout)
@@ -90,6 +96,8 @@ def test_config_has_no_credentials(released):
     config = (released.repository / ".dvc" / "config").read_text()
 
     assert "endpointurl" in config
+    # The test repository runs `dvc init` afresh, so the project's own default remote is absent.
+    assert "dermcan-datasets" not in config
     assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in config
     assert TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"] not in config
 
@@ -97,36 +105,74 @@ def test_config_has_no_credentials(released):
 def test_second_release_reuses_frozen_crawl(released):
     assert "Running stage 'annotate'" in released.v2_repro_output
     assert "Running stage 'crawl'" not in released.v2_repro_output
+    assert "Running stage 'demo_web'" not in released.v2_repro_output
     assert only(released.v1, "data/crawl") == only(released.v2, "data/crawl")
     assert only(released.v1, "data/annotated") != only(released.v2, "data/annotated")
+    assert only(released.v1, "data/release") != only(released.v2, "data/release")
 
 
-def test_round_trip_local_remote(released, tmp_path):
-    repository = checkout_clone(released, tmp_path / "clone", "dataset-v1")
-    run_dvc(repository, "pull", "-r", "backup")
+@dataclass
+class PulledClone:
+    """What a fresh clone showed after checking out a tag and pulling it."""
 
-    assert workspace_files(repository) == released.v1
-    assert run_dvc(repository, "status", "--json").stdout.strip() in ("", "{}")
-    assert "Running stage" not in run_dvc(repository, "repro").stdout
-    assert run_git(repository, "status", "--porcelain").stdout == ""
+    files: dict[str, str]
+    git_status: str
+    data_status: str
+    repro: subprocess.CompletedProcess[str]
 
 
-def test_round_trip_s3_both_tags(released, tmp_path):
-    repository = checkout_clone(released, tmp_path / "clone", "dataset-v2")
-    run_dvc(repository, "pull")
-    v2_files = workspace_files(repository)
-    v2_status = run_dvc(repository, "status", "--json").stdout.strip()
-    v2_repro = run_dvc(repository, "repro").stdout
+def pull_clone_state(repository: Path, *pull_arguments: str) -> PulledClone:
+    """Pull into ``repository``, then record its files, `git status`, data-stage status and repro."""
+    pull_data(repository, *pull_arguments)
+    files = workspace_files(repository)
+    git_status = run_git(repository, "status", "--porcelain").stdout
+    status = data_status(repository)
+    repro = run_dvc(repository, "repro", *DATA_STAGES, check=False)
+    return PulledClone(files=files, git_status=git_status, data_status=status, repro=repro)
 
+
+@pytest.fixture(scope="module")
+def local_clone(released, tmp_path_factory) -> PulledClone:
+    """A fresh clone at dataset-v1, pulled from the local-directory remote."""
+    destination = tmp_path_factory.mktemp("local-clone") / "clone"
+    repository = checkout_clone(released, destination, "dataset-v1")
+    return pull_clone_state(repository, "-r", "backup")
+
+
+@pytest.fixture(scope="module")
+def s3_clone(released, tmp_path_factory) -> tuple[PulledClone, PulledClone]:
+    """One fresh clone pulled from S3 at dataset-v2, then checked out and pulled at dataset-v1."""
+    destination = tmp_path_factory.mktemp("s3-clone") / "clone"
+    repository = checkout_clone(released, destination, "dataset-v2")
+    v2 = pull_clone_state(repository)
     run_git(repository, "checkout", "-q", "dataset-v1")
-    run_dvc(repository, "pull", "--force")
-    v1_files = workspace_files(repository)
+    v1 = pull_clone_state(repository, "--force")
+    return v2, v1
 
-    assert v2_files == released.v2
-    assert v2_status in ("", "{}")
-    assert "Running stage" not in v2_repro
-    assert v1_files == released.v1
-    assert run_dvc(repository, "status", "--json").stdout.strip() in ("", "{}")
+
+def test_round_trip_local_remote(released, local_clone):
+    assert local_clone.files == released.v1
+    assert local_clone.git_status == ""
+
+
+def test_round_trip_s3_both_tags(released, s3_clone):
+    v2, v1 = s3_clone
+
+    assert v2.files == released.v2
+    assert v1.files == released.v1
+
+
+def test_local_clone_status_clean(local_clone):
+    assert local_clone.data_status in ("", "{}")
+    assert local_clone.repro.returncode == 0, local_clone.repro.stderr
+    assert "Running stage" not in local_clone.repro.stdout
+
+
+def test_s3_clone_status_clean_both_tags(s3_clone):
+    for clone_state in s3_clone:
+        assert clone_state.data_status in ("", "{}")
+        assert clone_state.repro.returncode == 0, clone_state.repro.stderr
+        assert "Running stage" not in clone_state.repro.stdout
 
 
 def test_dvc_get_at_tag(released, tmp_path):
@@ -175,7 +221,7 @@ def test_dvc_import_at_tag(released, tmp_path):
 def partial_workspace(released: Released, destination: Path) -> tuple[Path, dict[str, str]]:
     """Clone dataset-v1 with everything but data/annotated in the workspace and an empty cache."""
     repository = checkout_clone(released, destination, "dataset-v1")
-    run_dvc(repository, "pull", "-r", "backup")
+    pull_data(repository, "-r", "backup")
     shutil.rmtree(repository / ".dvc" / "cache")
     shutil.rmtree(repository / "data" / "annotated")
     return repository, workspace_files(repository)

@@ -146,6 +146,40 @@ def test_too_few_images_names_the_class() -> None:
         split_lists(manifest, annotations, val_fraction=0.2, seed=0)
 
 
+def test_drop_leaves_small_class_out() -> None:
+    manifest, annotations = _crawl()
+    manifest = [row for row in manifest if row["label"] != "hemangioma" or row["sha256"][2:4] < "03"]
+    annotations = [row for row in annotations if row["sha256"] in {r["sha256"] for r in manifest}]
+    keyword_rows, can_rows, metrics = split_lists(manifest, annotations, val_fraction=0.2, seed=0, small_classes="drop")
+    assert "hemangioma" not in {row["label"] for row in keyword_rows}
+    assert "hemangioma" not in {row["label"] for row in can_rows}
+    assert metrics["left_out"]["hemangioma"]["keyword"] == 3
+    assert len({row["label"] for row in keyword_rows}) == 2
+    assert "hemangioma" not in metrics["can"]["train"]
+
+
+def test_drop_keeps_large_classes() -> None:
+    _, _, default = _split()
+    manifest, annotations = _crawl()
+    _, _, metrics = split_lists(manifest, annotations, val_fraction=0.25, seed=0, small_classes="drop")
+    assert metrics["left_out"] == {}
+    assert metrics["can"] == default["can"]
+
+
+def test_drop_leaves_out_class_without_crops() -> None:
+    manifest, annotations = _crawl()
+    annotations = [row for row in annotations if row["verified_label"] != "hemangioma"]
+    keyword_rows, can_rows, metrics = split_lists(manifest, annotations, val_fraction=0.2, seed=0, small_classes="drop")
+    assert "hemangioma" not in {row["label"] for row in keyword_rows}
+    assert metrics["left_out"]["hemangioma"] == {"keyword": 20, "can": 0}
+
+
+def test_unknown_small_class_policy_is_rejected() -> None:
+    manifest, annotations = _crawl()
+    with pytest.raises(ValueError, match="split.small_classes 'skip'"):
+        split_lists(manifest, annotations, val_fraction=0.2, seed=0, small_classes="skip")
+
+
 def test_unknown_group_by_is_rejected() -> None:
     manifest, _ = _crawl()
     with pytest.raises(ValueError, match="photo, page|'photo', 'page'"):

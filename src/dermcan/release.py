@@ -6,8 +6,12 @@ Run from the repository root::
 
 The release procedure:
 
-1. checks that the git tree is clean, that ``dvc status`` reports nothing stale and that the
-   tag ``dataset-<version>`` does not exist yet (a clear error lists what is wrong);
+1. checks that the git tree is clean, that the data stages are up to date and that the tag
+   ``dataset-<version>`` does not exist yet (a clear error lists what is wrong). The data stages
+   are those that write what a release ships (``crawl``, ``annotate``, ``split``,
+   ``measure_annotation``) and every stage upstream of them: ``dvc status --with-deps`` on
+   :data:`RELEASED_STAGES`. Training, evaluation and GAN stages are not checked, because a data
+   release ships no models and should not wait for hours of training;
 2. writes ``data/release/DATASHEET.md`` (see ``dermcan.datasheet``), copies the CAN-format
    manifest ``data/annotated/can_manifest.txt`` into ``data/release/``, and packs
    ``data/crawl`` and ``data/annotated`` into tar shards with provenance indexes under
@@ -51,6 +55,9 @@ RELEASE_FOLDER = Path("data/release")
 DATASHEET_NAME = "DATASHEET.md"
 CAN_MANIFEST = Path("data/annotated/can_manifest.txt")
 FROZEN_STAGE = "crawl"
+# The stages whose outputs a release ships: data/crawl, data/annotated, data/split and
+# metrics/annotate.json. The up-to-date check covers these and every stage upstream of them.
+RELEASED_STAGES = ("crawl", "annotate", "split", "measure_annotation")
 TAG_PREFIX = "dataset-"
 VERSION_PATTERN = re.compile(r"v\d+(\.\d+){0,2}")
 
@@ -115,25 +122,43 @@ def check_git_clean(root: Path) -> None:
         )
 
 
-def stale_stages(root: Path) -> dict[str, object]:
-    """Return what ``dvc status`` reports as changed, by stage or .dvc file; empty when up to date."""
-    completed = _dvc(root, "status", "--json")
-    text = completed.stdout.strip()
+def stale_stages(root: Path, targets: Sequence[str] = ()) -> dict[str, object]:
+    """Return what ``dvc status`` reports as changed, by stage or .dvc file; empty when up to date.
+
+    With ``targets`` only those stages and the stages upstream of them are checked.
+    """
+    arguments = ["status", "--json"]
+    if targets:
+        arguments += ["--with-deps", *targets]
+    text = _dvc(root, *arguments).stdout.strip()
     return json.loads(text) if text else {}
 
 
+def released_stage_targets(root: Path) -> list[str]:
+    """Return the stages of :data:`RELEASED_STAGES` that ``dvc.yaml`` defines, in that order."""
+    defined = set(stage_names(root))
+    return [stage for stage in RELEASED_STAGES if stage in defined]
+
+
 def check_pipeline_up_to_date(root: Path) -> None:
-    """Raise ``ReleaseError`` listing each stale stage and what changed in it."""
-    stale = stale_stages(root)
+    """Raise ``ReleaseError`` listing each stale data stage and what changed in it.
+
+    Only the released stages and their upstream stages are checked. When ``dvc.yaml`` defines
+    none of :data:`RELEASED_STAGES`, the whole pipeline is checked.
+    """
+    targets = released_stage_targets(root)
+    stale = stale_stages(root, targets)
     if not stale:
         return
     lines = []
     for stage, changes in sorted(stale.items()):
         lines.append(f"  {stage}: {json.dumps(changes, sort_keys=True)}")
+    scope = f"dvc status --with-deps {' '.join(targets)}" if targets else "dvc status"
+    repro = f"dvc repro {' '.join(targets)}" if targets else "dvc repro"
     raise ReleaseError(
-        "the pipeline is not up to date (dvc status):\n"
+        f"the data stages are not up to date ({scope}):\n"
         + "\n".join(lines)
-        + "\nrun `dvc repro`, commit dvc.lock, then release again"
+        + f"\nrun `{repro}`, commit dvc.lock, then release again"
     )
 
 
@@ -175,6 +200,29 @@ def stage_names(root: Path) -> list[str]:
     return list(stages)
 
 
+def stages_never_run(root: Path) -> list[str]:
+    """Return the ``dvc.yaml`` stages without a ``dvc.lock`` entry, by base name.
+
+    A foreach stage counts as run when any of its items (``train@can``) has an entry.
+    """
+    lock_file = root / "dvc.lock"
+    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) if lock_file.is_file() else None
+    locked = {name.split("@", 1)[0] for name in ((lock or {}).get("stages") or {})}
+    return [stage for stage in stage_names(root) if stage not in locked]
+
+
+def warn_stages_never_run(root: Path, tag: str) -> None:
+    """Warn that a plain ``dvc pull`` at ``tag`` will fail on the outputs of stages that never ran."""
+    never_run = stages_never_run(root)
+    if never_run:
+        log.warning(
+            "dvc.lock has no entry for %s: at %s a plain `dvc pull` exits with an error for their "
+            "outputs, and `dvc pull --allow-missing` gets the data. Run `dvc repro` before "
+            "releasing to include them",
+            ", ".join(never_run), tag,
+        )
+
+
 def warn_frozen_param_drift(root: Path, stage: str) -> None:
     """Warn when params.yaml no longer matches the params a frozen stage's outputs were made with.
 
@@ -203,6 +251,7 @@ def plan_release(root: Path, version: str, *, remote: str | None, push: bool) ->
     check_pipeline_up_to_date(root)
     resolved = resolve_remote(root, remote) if push else remote
     warn_frozen_param_drift(root, FROZEN_STAGE)
+    warn_stages_never_run(root, tag)
     datasheet = render_datasheet(root, version, tag=tag)
     return ReleasePlan(version=version, tag=tag, datasheet=datasheet, remote=resolved, push=push)
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 GROUP_BY = ("photo", "page", "host")
 SPLITS = ("train", "val")
 SPLIT_COLUMNS = ("path", "label", "split", "group")
+# Policies of split_lists for a class too small to split: raise, or leave it out of both lists.
+SMALL_CLASS_POLICIES = ("error", "drop")
 
 
 class _UnionFind:
@@ -160,13 +162,18 @@ def split_lists(
     group_by: str = "photo",
     min_per_split: int = 1,
     images_root: str = "data/crawl/images",
+    small_classes: str = "error",
 ) -> tuple[list[dict[str, str]], list[dict[str, str]], dict[str, Any]]:
     """Split the keyword list and the CAN list with one group assignment.
 
     Returns ``(keyword_rows, can_rows, metrics)``; rows have :data:`SPLIT_COLUMNS`, sorted by
-    path. Raises ``ValueError`` naming the classes with too few images, before or after the
-    assignment (grouping can leave a class on one side only).
+    path. A class with too few images in either list, before or after the assignment (grouping
+    can leave a class on one side only), raises ``ValueError`` naming it when
+    ``small_classes`` is ``error``. With ``drop`` its rows leave both lists, so both training
+    sets keep the same classes, and ``metrics["left_out"]`` lists it with its counts.
     """
+    if small_classes not in SMALL_CLASS_POLICIES:
+        raise ValueError(f"unknown split.small_classes {small_classes!r}; valid values are {SMALL_CLASS_POLICIES}")
     groups = leakage_groups(manifest_rows, group_by)
     keyword_rows = []
     seen: set[str] = set()
@@ -188,6 +195,15 @@ def split_lists(
             )
         can_rows.append({"path": row["crop_path"], "label": row["verified_label"], "group": groups[row["sha256"]]})
 
+    left_out: dict[str, dict[str, int]] = {}
+    if small_classes == "drop":
+        needed = minimum_images_per_class(val_fraction, min_per_split)
+        # A class missing from one list (every crop of it dropped by annotate) counts as 0 there.
+        labels = {row["label"] for row in keyword_rows} | {row["label"] for row in can_rows}
+        keyword_counts = Counter(row["label"] for row in keyword_rows)
+        can_counts = Counter(row["label"] for row in can_rows)
+        small = {label for label in labels if min(keyword_counts[label], can_counts[label]) < needed}
+        keyword_rows, can_rows = _leave_out(small, keyword_rows, can_rows, left_out, f"fewer than {needed} images")
     for list_name, rows in (("keyword", keyword_rows), ("CAN", can_rows)):
         counts = Counter(row["label"] for row in rows)
         check_class_sizes(counts, list_name=list_name, val_fraction=val_fraction, min_per_split=min_per_split)
@@ -197,17 +213,60 @@ def split_lists(
         for row in rows:
             group_counts[row["group"]][f"{list_name}:{row['label']}"] += 1
     sides = assign_sides(group_counts, val_fraction=val_fraction, seed=seed)
+    for rows in (keyword_rows, can_rows):
+        for row in rows:
+            row["split"] = sides[row["group"]]
+    if small_classes == "drop":
+        one_sided = {
+            label
+            for rows in (keyword_rows, can_rows)
+            for label, counts in _side_counts(rows).items()
+            if min(counts["train"], counts["val"]) < min_per_split
+        }
+        keyword_rows, can_rows = _leave_out(
+            one_sided, keyword_rows, can_rows, left_out, f"fewer than {min_per_split} images on one side of the split"
+        )
 
     metrics: dict[str, Any] = {"val_fraction": val_fraction, "group_by": group_by, "seed": seed}
     for list_name, rows in (("keyword", keyword_rows), ("can", can_rows)):
-        for row in rows:
-            row["split"] = sides[row["group"]]
         rows.sort(key=lambda row: row["path"])
         metrics[list_name] = _class_counts(rows)
         _check_both_sides(metrics[list_name], list_name, min_per_split, group_by)
     metrics["groups"] = dict(sorted(Counter(sides.values()).items()))
+    metrics["left_out"] = dict(sorted(left_out.items()))
     log.info("split %d groups: %s", len(sides), metrics["groups"])
     return keyword_rows, can_rows, metrics
+
+
+def _leave_out(
+    labels: set[str],
+    keyword_rows: list[dict[str, str]],
+    can_rows: list[dict[str, str]],
+    left_out: dict[str, dict[str, int]],
+    reason: str,
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Remove ``labels`` from both lists, add their counts to ``left_out`` and log ``reason``."""
+    for label in sorted(labels):
+        counts = {
+            "keyword": sum(row["label"] == label for row in keyword_rows),
+            "can": sum(row["label"] == label for row in can_rows),
+        }
+        left_out[label] = counts
+        log.warning(
+            "class %s is left out of both training lists: %s (keyword %d, CAN %d)",
+            label, reason, counts["keyword"], counts["can"],
+        )
+    return (
+        [row for row in keyword_rows if row["label"] not in labels],
+        [row for row in can_rows if row["label"] not in labels],
+    )
+
+
+def _side_counts(rows: Sequence[Mapping[str, str]]) -> dict[str, Counter[str]]:
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in rows:
+        counts[row["label"]][row["split"]] += 1
+    return counts
 
 
 def _class_counts(rows: Sequence[Mapping[str, str]]) -> dict[str, dict[str, int]]:

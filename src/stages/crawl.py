@@ -41,7 +41,7 @@ METRICS_PATH = Path("metrics/crawl.json")
 BOXES_PATH = Path("data/crawl/manifest_boxes.csv")
 CROPS_DIR = Path("data/crawl/crops")
 # dvc repro deletes a stage's outs before it runs, so the resume journal and the verified images
-# live outside them, in a folder dvc.yaml declares persist: true and cache: false.
+# live outside them, in a folder that dvc.yaml does not declare at all.
 STATE_DIR = Path("data/crawl_state")
 
 

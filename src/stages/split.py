@@ -35,6 +35,7 @@ def main() -> None:
         seed=int(params["seed"]),
         group_by=params["group_by"],
         min_per_split=int(params["min_per_split"]),
+        small_classes=params.get("small_classes", "error"),
     )
 
     write_csv(OUTPUT / "can.csv", can_rows, SPLIT_COLUMNS)
