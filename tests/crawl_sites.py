@@ -23,6 +23,7 @@ from dermcan.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 ORIGIN = "http://site.test"
+LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
 BLOCKED_ORIGIN = "http://blocked.test"
 
 # Image path -> the status a crawl of write_noise_site must give it.
@@ -160,7 +161,8 @@ def write_noise_site(root: Path) -> None:
 def crawl_params(**overrides: Any) -> dict[str, Any]:
     """Return the repository's ``crawl`` params with fast timeouts and a ``test`` profile.
 
-    The profile crawls :data:`ORIGIN` to depth 1; ``blocked.test`` is blocklisted.
+    The profile crawls :data:`ORIGIN` to depth 1; ``blocked.test`` is blocklisted; loopback
+    addresses may be contacted.
     """
     params = copy.deepcopy(load_params("crawl", REPO / "params.yaml"))
     params.update(
@@ -174,6 +176,7 @@ def crawl_params(**overrides: Any) -> dict[str, Any]:
         blocked_hosts=["blocked.test"],
         max_image_bytes=MAX_IMAGE_BYTES,
         max_image_pixels=MAX_IMAGE_PIXELS,
+        allowed_private_networks=LOOPBACK_NETWORKS,  # the test sites are served from 127.0.0.1
     )
     params["profiles"] = {
         "test": {

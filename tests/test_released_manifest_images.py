@@ -86,7 +86,7 @@ def _write_site(root: Path, urls: list[str]) -> None:
 
 def _config(tmp_path: Path) -> CrawlConfig:
     params: dict[str, Any] = load_params("crawl", Path(__file__).resolve().parents[1] / "params.yaml")
-    params = {**params, "workers": 2, "profiles": {}}
+    params = {**params, "workers": 2, "profiles": {}, "allowed_private_networks": ["127.0.0.0/8"]}
     params["politeness"] = {**params["politeness"], "delay_s": 0.0, "max_per_host": 4}
     params["retries"] = {**params["retries"], "max_retries": 0, "max_timeout_retries": 0, "backoff_s": 0.01}
     return CrawlConfig.from_params(params)

@@ -33,6 +33,7 @@ def _crawl_params() -> dict[str, Any]:
     params = copy.deepcopy(load_params("crawl", REPOSITORY / "params.yaml"))
     params["workers"] = 2
     params["politeness"]["delay_s"] = 0.0
+    params["allowed_private_networks"] = ["127.0.0.0/8"]  # every origin is served from 127.0.0.1
     params["retries"].update(max_retries=0, max_timeout_retries=0, backoff_s=0.01)
     for profile in params["profiles"].values():
         profile["delay_s"] = 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 import subprocess
@@ -186,3 +188,54 @@ def test_ddp_two_processes_match_steps(single_process_repo, tmp_path):
     assert single["world_size"] == 1
     assert ddp["steps_per_epoch"] == single["steps_per_epoch"]
     assert ddp["steps_per_epoch"] == math.ceil(len(CLASSES) * TRAIN_PER_CLASS / (2 * BATCH))
+
+
+def test_checkpoint_resumes_only_matching_run(tmp_path, caplog):
+    write_training_list(tmp_path, tmp_path / "can.csv", CLASSES[:2], per_class=5, val_per_class=1)
+    train = datasets.read_training_lists([tmp_path / "can.csv"], "train", root=tmp_path)
+    val = datasets.read_training_lists([tmp_path / "can.csv"], "val", root=tmp_path)
+    checkpoint = tmp_path / "state" / "checkpoint.pt"
+    config = training.TrainConfig(input_size=32, epochs=1, batch_size=4, num_workers=0)
+    caplog.set_level(logging.INFO)
+    first = training.train_classifier(config, train, val, checkpoint_path=checkpoint)
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["epoch"] == 1
+    assert saved["dvclive_step"] == 1
+    assert "resuming from" not in caplog.text
+
+    # Same data and settings: the epoch is restored from the checkpoint, not trained again.
+    caplog.clear()
+    replayed = []
+    again = training.train_classifier(config, train, val, checkpoint_path=checkpoint, on_epoch_end=replayed.append)
+    assert "resuming from" in caplog.text
+    assert replayed == first.history
+    for key, tensor in first.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[key], tensor), key
+
+    # Other settings (a second epoch changes the LR schedule): training starts at epoch 1.
+    caplog.clear()
+    longer = []
+    training.train_classifier(dataclasses.replace(config, epochs=2), train, val, checkpoint_path=checkpoint, on_epoch_end=longer.append)
+    assert "other data or settings" in caplog.text
+    assert [record["epoch"] for record in longer] == [1, 2]
+    assert longer[0] != first.history[0]
+
+    # resume false ignores a checkpoint that matches.
+    caplog.clear()
+    restarted = []
+    training.train_classifier(dataclasses.replace(config, epochs=2, resume=False), train, val, checkpoint_path=checkpoint, on_epoch_end=restarted.append)
+    assert "train.resume is false" in caplog.text
+    assert "resuming from" not in caplog.text
+    assert [record["epoch"] for record in restarted] == [1, 2]
+
+
+def test_unreadable_checkpoint_restarts(tmp_path):
+    write_training_list(tmp_path, tmp_path / "can.csv", CLASSES[:2], per_class=4, val_per_class=1)
+    train = datasets.read_training_lists([tmp_path / "can.csv"], "train", root=tmp_path)
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"PK\x03\x04 cut short")
+    records = []
+    config = training.TrainConfig(input_size=32, epochs=1, batch_size=4, num_workers=0)
+    training.train_classifier(config, train, [], checkpoint_path=checkpoint, on_epoch_end=records.append)
+    assert [record["epoch"] for record in records] == [1]
+    assert torch.load(checkpoint, weights_only=False)["epoch"] == 1

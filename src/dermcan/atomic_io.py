@@ -2,18 +2,59 @@
 
 Each writer writes a temporary file in the destination folder, flushes it to disk and renames
 it over the destination, which POSIX makes atomic within one file system.
+
+A process killed mid-write (SIGKILL, power loss) leaves its temporary file behind. Its name,
+``.<destination name>.<pid>.<random>.tmp``, records the writer's process id, so the next
+successful write of the same destination, or :func:`remove_stale_temporaries`, removes it once
+that process is gone. A write that fails for want of space raises :class:`DiskFullError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import glob
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Errors that mean the file system has no room left: out of blocks or inodes, or over a quota.
+DISK_FULL_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+class DiskFullError(OSError):
+    """A write failed because the file system holding ``folder`` is full (or over quota)."""
+
+    def __init__(self, destination: Path, cause: OSError) -> None:
+        folder = destination.parent
+        try:
+            free = f"{shutil.disk_usage(folder).free} bytes free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(
+            cause.errno,
+            f"no space left on the device holding {folder} ({free}) while writing "
+            f"{destination.name}: free space on that disk or move the folder to a larger one, "
+            "then rerun",
+        )
+        self.filename = str(destination)
+        self.folder = folder
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Return whether ``error`` is an OSError for a full file system or an exceeded quota."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
 
 
 @contextlib.contextmanager
@@ -23,10 +64,15 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     On an exception the temporary file is removed and ``destination`` is left as it was.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
-    )
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{destination.name}.{os.getpid()}.", suffix=".tmp", dir=destination.parent
+        )
+    except OSError as error:
+        if is_disk_full(error):
+            raise DiskFullError(destination, error) from error
+        raise
     os.close(handle)
     temporary_path = Path(temporary)
     # mkstemp creates the file readable by its owner only; give it the usual umask-based mode.
@@ -38,9 +84,53 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
         with open(temporary_path, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary_path, destination)
+    except OSError as error:
+        if is_disk_full(error) and not isinstance(error, DiskFullError):
+            raise DiskFullError(destination, error) from error
+        raise
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
+    _remove_stale(destination.parent.glob(f".{glob.escape(destination.name)}.*.tmp"))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files that killed writers left anywhere under ``folder``.
+
+    Only files named like :func:`atomic_path`'s temporaries are considered, and only those whose
+    writing process no longer runs. Returns how many were removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    return _remove_stale(folder.rglob(".*.tmp"))
+
+
+def _remove_stale(candidates: Iterable[Path]) -> int:
+    removed = 0
+    for candidate in candidates:
+        match = _TEMPORARY_NAME.match(candidate.name)
+        if match is None or not _writer_is_gone(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed += 1
+            log.info("removed %s, left by an interrupted write", candidate)
+    return removed
+
+
+def _writer_is_gone(pid: int) -> bool:
+    # NOTE: a temporary of an earlier process that had this process's id is kept, because it
+    # cannot be told apart from one that another thread of this process is writing.
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a live process of another user
+        return False
+    return False
 
 
 def write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:

@@ -98,8 +98,8 @@ def write_manifest(
 def read_manifest(path: str | os.PathLike[str]) -> tuple[list[str], list[ManifestEntry]]:
     """Read a manifest and return its header lines (without ``## ``) and its entries in file order.
 
-    Raises ``ValueError`` naming the file and line for a line that does not have seven fields
-    or whose running number is out of sequence.
+    Raises ``ValueError`` naming the file and line for a line that does not have seven fields,
+    whose running number or coordinates are not numbers, or whose running number is out of sequence.
     """
     header: list[str] = []
     entries: list[ManifestEntry] = []
@@ -115,15 +115,31 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[str], list[Manifes
             if len(fields) != 7:
                 raise ValueError(
                     f"{path}:{line_number}: expected 7 fields "
-                    f"(no label x_center y_center width height url), got {len(fields)}"
+                    f"(no label x_center y_center width height url), got {len(fields)}{_REWRITE_ADVICE}"
                 )
-            number, label, x_center, y_center, width, height, url = fields
+            number, label, *coordinate_texts, url = fields
+            if not number.isdigit():
+                raise ValueError(f"{path}:{line_number}: running number {number!r} is not a number{_REWRITE_ADVICE}")
             if int(number) != len(entries):
                 raise ValueError(
                     f"{path}:{line_number}: running number {number} out of sequence, "
-                    f"expected {len(entries):05d}"
+                    f"expected {len(entries):05d}{_REWRITE_ADVICE}"
                 )
-            entries.append(
-                ManifestEntry(label, float(x_center), float(y_center), float(width), float(height), url)
-            )
+            coordinates = [_parse_coordinate(path, line_number, name, text)
+                           for name, text in zip(("x_center", "y_center", "width", "height"), coordinate_texts)]
+            entries.append(ManifestEntry(label, *coordinates, url))
     return header, entries
+
+
+# The project's manifest (data/annotated/can_manifest.txt) is written only by the annotate stage.
+_REWRITE_ADVICE = (
+    ". A line written by dermcan never looks like this, so the file was edited or cut short: "
+    "rerun the annotate stage to rewrite data/annotated/can_manifest.txt, or fix the line"
+)
+
+
+def _parse_coordinate(path: str | os.PathLike[str], line_number: int, name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}:{line_number}: {name} {text!r} is not a number{_REWRITE_ADVICE}") from None

@@ -6,6 +6,8 @@ layout (``data/annotated/malignantmelanoma/...``). Display names are for plots a
 
 from __future__ import annotations
 
+import difflib
+
 CLASSES: tuple[str, ...] = (
     "actinickeratosis",
     "basalcellcarcinoma",
@@ -121,5 +123,7 @@ LANGUAGES: tuple[str, ...] = ("en", "ko", "es", "de", "ja")
 def check_class_name(name: str) -> str:
     """Return ``name`` if it is one of :data:`CLASSES`, else raise ``ValueError`` listing them."""
     if name not in CLASSES:
-        raise ValueError(f"unknown class {name!r}; valid classes are: {', '.join(CLASSES)}")
+        matches = difflib.get_close_matches(name, CLASSES, n=3) if isinstance(name, str) else []
+        suggestion = f" (did you mean {' or '.join(matches)}?)" if matches else ""
+        raise ValueError(f"unknown class {name!r}{suggestion}; valid classes are: {', '.join(CLASSES)}")
     return name

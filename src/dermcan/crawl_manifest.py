@@ -34,8 +34,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 )
 
 STATUSES: tuple[str, ...] = (
-    "downloaded", "duplicate", "not_an_image", "corrupt", "too_large", "http_error",
-    "disallowed_by_robots", "timeout", "too_many_redirects", "blocked_site", "no_keyword",
+    "downloaded", "duplicate", "not_an_image", "corrupt", "too_large", "too_small",
+    "bad_aspect_ratio", "http_error", "disallowed_by_robots", "timeout", "too_many_redirects",
+    "blocked_site", "no_keyword",
 )
 
 # Statuses whose rows name a stored image through sha256.
@@ -125,7 +126,9 @@ class CrawlJournal:
         header = {"type": "header", "version": JOURNAL_VERSION, "fingerprint": fingerprint}
         lines = [header, *self.pages.values(), *self.images.values()]
         atomic_io.write_text(self.path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-        self._handle = open(self.path, "a", encoding="utf-8")
+        # Unbuffered, so a failed append can be cut off again (see record).
+        self._handle = open(self.path, "ab", buffering=0)
+        self._size = self._handle.seek(0, os.SEEK_END)
 
     def _load(self) -> bool:
         """Load the reusable records; return False when there is no journal with these settings."""
@@ -162,10 +165,21 @@ class CrawlJournal:
             self.images[record["url"]] = record
 
     def record(self, record: dict[str, Any]) -> None:
-        """Append ``record`` (a dict with "type" "page" or "image") and flush it to the OS."""
+        """Append ``record`` (a dict with "type" "page" or "image") and hand it to the OS.
+
+        When the append fails (a full disk), the bytes of it that were written are cut off
+        again before the error is raised, so the journal keeps only whole lines.
+        """
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self._handle.flush()
+            try:
+                written = 0
+                while written < len(line):
+                    written += self._handle.write(line[written:])
+            except OSError:
+                os.ftruncate(self._handle.fileno(), self._size)
+                raise
+            self._size += len(line)
             self._remember(record)
 
     def close(self) -> None:

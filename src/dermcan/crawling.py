@@ -25,6 +25,7 @@ with ``delay_s`` seconds (or the robots.txt Crawl-delay, if longer) between requ
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ from dermcan.image_store import ImageRejected, ImageStore
 from dermcan.keyword_matching import KeywordMatcher
 from dermcan.page_parsing import ExtractionRules, ImageCandidate, parse_page
 from dermcan.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsFetch
+from dermcan.url_safety import STATUS_INVALID_URL, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,8 @@ class CrawlConfig:
     max_page_bytes: int
     max_image_bytes: int
     max_image_pixels: int
+    min_image_side: int  # pixels; a shorter side is too_small
+    max_aspect_ratio: float  # longer side / shorter side; more is bad_aspect_ratio
     jpeg_quality: int
     phash_max_distance: int
     keywords: Mapping[str, Mapping[str, Sequence[str]]]
@@ -152,6 +156,10 @@ class CrawlConfig:
                     max_per_host=int(politeness["max_per_host"]),
                 ),
                 max_crawl_delay_s=float(politeness["max_crawl_delay_s"]),
+                max_url_length=int(params["max_url_length"]),
+                allowed_private_networks=parse_networks(
+                    params.get("allowed_private_networks"), setting="crawl.allowed_private_networks"
+                ),
             ),
             robots_user_agent=str(params["robots_user_agent"]),
             workers=int(params["workers"]),
@@ -159,6 +167,8 @@ class CrawlConfig:
             max_page_bytes=int(params["max_page_bytes"]),
             max_image_bytes=int(params["max_image_bytes"]),
             max_image_pixels=int(params["max_image_pixels"]),
+            min_image_side=int(params["min_image_side"]),
+            max_aspect_ratio=float(params["max_aspect_ratio"]),
             jpeg_quality=int(params["jpeg_quality"]),
             phash_max_distance=int(params["phash_max_distance"]),
             keywords=params["keywords"],
@@ -169,7 +179,21 @@ class CrawlConfig:
         )
         if config.workers < 1:
             raise ValueError(f"crawl.workers must be >= 1, got {config.workers}")
+        if config.min_image_side < 1:
+            raise ValueError(f"crawl.min_image_side must be >= 1 pixel, got {config.min_image_side}")
+        if not config.max_aspect_ratio >= 1.0:
+            raise ValueError(f"crawl.max_aspect_ratio must be >= 1.0, got {config.max_aspect_ratio}")
         return config
+
+    def open_image_store(self, root: str | os.PathLike[str]) -> ImageStore:
+        """Return the image store at ``root`` with this crawl's size, shape and quality limits."""
+        return ImageStore(
+            root,
+            max_pixels=self.max_image_pixels,
+            jpeg_quality=self.jpeg_quality,
+            min_side=self.min_image_side,
+            max_aspect_ratio=self.max_aspect_ratio,
+        )
 
     def profile(self, name: str) -> SiteProfile:
         if name not in self.profiles:
@@ -190,6 +214,12 @@ class CrawlConfig:
     def is_blocked(self, url: str) -> bool:
         host = host_of(url)
         return any(host_matches(host, pattern) for pattern in self.blocked_hosts)
+
+    def allowing_networks(self, networks: Sequence[str]) -> CrawlConfig:
+        """Return a copy that may also contact addresses in ``networks`` (CIDRs)."""
+        allowed = tuple(dict.fromkeys(self.http.allowed_private_networks + parse_networks(
+            networks, setting="allowed networks")))
+        return dataclasses.replace(self, http=dataclasses.replace(self.http, allowed_private_networks=allowed))
 
 
 @dataclass
@@ -336,7 +366,7 @@ class Crawler:
                 record.update(status=result.status, reason=result.reason, transient=result.transient)
         else:
             record["status"], record["reason"] = rejection
-            record["transient"] = self._robots_unavailable(url)
+            record["transient"] = self._rejection_is_transient(url, rejection[0])
 
         if record["status"] != "ok":
             log.warning("page %s not crawled: %s: %s", url, record["status"], record["reason"])
@@ -352,7 +382,7 @@ class Crawler:
             return "blocked_site", f"host {host_of(url)} is on crawl.blocked_hosts"
         if not profile.allows_host(url):
             return "off_site", f"host {host_of(url)} is not in the allowed hosts of profile {profile.name}"
-        return self._check_robots(url)
+        return self.fetcher.check_url(url) or self._check_robots(url)
 
     # -- images ---------------------------------------------------------------------------
 
@@ -384,7 +414,7 @@ class Crawler:
         rejection = self._check_image_url(candidate.url)
         if rejection is not None:
             row["status"], row["reason"] = rejection
-            transient = self._robots_unavailable(candidate.url)
+            transient = self._rejection_is_transient(candidate.url, rejection[0])
         else:
             result = self.fetcher.fetch(
                 candidate.url, max_bytes=self.config.max_image_bytes, accept=_IMAGE_ACCEPT,
@@ -415,7 +445,18 @@ class Crawler:
     def _check_image_url(self, url: str) -> tuple[str, str] | None:
         if self.config.is_blocked(url):
             return "blocked_site", f"host {host_of(url)} is on crawl.blocked_hosts"
-        return self._check_robots(url)
+        # Scheme, length, host name and address come before robots.txt, which is a request too.
+        return self.fetcher.check_url(url) or self._check_robots(url)
+
+    def _rejection_is_transient(self, url: str, status: str) -> bool:
+        """Return whether a rerun should check a rejected ``url`` again.
+
+        That is so when robots.txt could not be fetched, and for a URL rejected as invalid,
+        because that status also covers a host name that did not resolve this time.
+        """
+        if status == "disallowed_by_robots":
+            return self._robots_unavailable(url)
+        return status == STATUS_INVALID_URL
 
     # -- robots.txt -----------------------------------------------------------------------
 
@@ -465,11 +506,16 @@ def _map_in_order(
 ) -> list[_T]:
     """Run ``function`` on ``items`` in ``pool`` and return the results in item order.
 
-    ``progress`` ticks once per finished item, in completion order.
+    ``progress`` ticks once per finished item, in completion order. The first exception (a
+    full disk, say) cancels the items not yet started and is raised at once.
     """
     futures = [pool.submit(function, item) for item in items]
-    for _ in concurrent.futures.as_completed(futures):
+    for finished in concurrent.futures.as_completed(futures):
         progress.update(1)
+        if finished.exception() is not None:
+            for future in futures:
+                future.cancel()
+            raise finished.exception()  # type: ignore[misc]
     return [future.result() for future in futures]
 
 

@@ -67,8 +67,9 @@ def load_external_set(
 
     if not Path(root).is_dir():
         raise FileNotFoundError(
-            f"external test set {name}: folder {root} not found; run the stage that writes it "
-            f"or fix evaluate.externals.{name}.path in params.yaml"
+            f"external test set {name}: folder {root} not found. Place a test set there in ImageFolder "
+            f"layout (one subfolder of images per class), run `dvc repro demo_external` for the demo set "
+            f"data/external/demo_shifted, or correct evaluate.externals.{name}.path in params.yaml"
         )
     samples: list[datasets.Sample] = []
     skipped: Counter[str] = Counter()

@@ -8,7 +8,17 @@ for a redirect target, such as ``blocked_site``).
 Retries: a response status in ``retry_statuses`` (5xx, 429) and a failed connection are
 retried up to ``max_retries`` times, a timeout up to ``max_timeout_retries`` times, with
 exponential backoff (``backoff_s``, doubled each retry, or the server's Retry-After if longer,
-capped at ``max_backoff_s``). Other 4xx statuses are never retried.
+capped at ``max_backoff_s``; Retry-After may be seconds or an HTTP date). Other 4xx statuses
+are never retried.
+
+Every URL, redirect targets included, passes :mod:`dermcan.url_safety` before it is requested:
+http(s) only, at most ``max_url_length`` characters, a valid host name, and public addresses
+only unless ``allowed_private_networks`` contains them. The address check runs on the origin
+actually contacted (after ``connect_to``), and again on the peer of every new connection.
+
+``total_timeout_s`` bounds one response from the request to the last byte: a timer shuts the
+socket down when it expires, so a server that trickles bytes (each within ``read_timeout_s``)
+cannot hold a download open. Size limits count decoded bytes, so a gzip bomb is cut off.
 
 URLs are handled in canonical form. ``connect_to`` maps a canonical origin to the origin
 actually contacted, like curl's ``--connect-to``: the demo web is crawled as
@@ -19,7 +29,11 @@ manifests and resume journals do not depend on the port.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.errors
+import email.utils
 import logging
+import socket
 import threading
 import time
 import urllib.parse
@@ -27,11 +41,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
+
+from dermcan.url_safety import AddressPolicy, ascii_url, check_url_form, host_and_port
 
 log = logging.getLogger(__name__)
 
-_CHUNK_BYTES = 64 * 1024
+# Small pieces keep the size check close to the limit; the total timeout does not depend on it.
+_CHUNK_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,8 @@ class HttpSettings:
     retry_statuses: frozenset[int]
     politeness: HostPolicy
     max_crawl_delay_s: float  # cap on a robots.txt Crawl-delay
+    max_url_length: int = 2048  # longer URLs are rejected before any request
+    allowed_private_networks: tuple[str, ...] = ()  # CIDRs exempt from the public-address rule
 
 
 # A URL check returns None to go ahead, or (status, reason) to stop before requesting the URL.
@@ -145,7 +167,7 @@ class HostGate:
 
 @dataclass
 class _Attempt:
-    kind: str  # "ok", "redirect", "http", "timeout", "connection", "too_large", "invalid"
+    kind: str  # "ok", "redirect", "http", "timeout", "connection", "too_large", "invalid", "blocked"
     reason: str = ""
     content: bytes = b""
     content_type: str = ""
@@ -167,19 +189,37 @@ class Fetcher:
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
         self._forward = {
-            canonical.rstrip("/").lower(): actual.rstrip("/") for canonical, actual in self.connect_to.items()
+            ascii_url(canonical.rstrip("/")).lower(): actual.rstrip("/") for canonical, actual in self.connect_to.items()
         }
         self._reverse = {
             actual.rstrip("/").lower(): canonical.rstrip("/") for canonical, actual in self.connect_to.items()
         }
+        self._addresses = AddressPolicy(self.settings.allowed_private_networks)
 
     # -- URL mapping ----------------------------------------------------------------------
 
     def to_actual(self, url: str) -> str:
-        return _swap_origin(url, self._forward)
+        """Return the URL actually requested for canonical ``url``: ASCII host, ``connect_to`` applied."""
+        return _swap_origin(ascii_url(url), self._forward)
 
     def to_canonical(self, url: str) -> str:
         return _swap_origin(url, self._reverse)
+
+    def check_url(self, url: str) -> tuple[str, str] | None:
+        """Return None when canonical ``url`` may be requested, else ``(status, reason)``.
+
+        Checks the URL's form (:func:`dermcan.url_safety.check_url_form`), then resolves the
+        host actually contacted and checks its addresses. Sends nothing to the host.
+        """
+        rejection = check_url_form(url, max_length=self.settings.max_url_length)
+        if rejection is not None:
+            return rejection
+        actual = self.to_actual(url)
+        rejection = check_url_form(actual, max_length=max(self.settings.max_url_length, len(actual)))
+        if rejection is not None:
+            return rejection
+        host, port = host_and_port(actual)
+        return self._addresses.check_host(host, port)
 
     # -- downloads ------------------------------------------------------------------------
 
@@ -194,13 +234,20 @@ class Fetcher:
     ) -> FetchResult:
         """Download ``url`` (canonical), following redirects.
 
-        ``check`` vets each redirect target. A body over ``max_bytes`` gives ``too_large``,
-        or with ``truncate`` its first ``max_bytes`` bytes (robots.txt is read that way).
+        Every URL, the first included, must pass :meth:`check_url`; ``check`` vets each redirect
+        target after that. A body over ``max_bytes`` gives ``too_large``, or with ``truncate``
+        its first ``max_bytes`` bytes (robots.txt is read that way).
         """
         current = url
         redirects = 0
         attempts = 0
         while True:
+            rejection = self.check_url(current)
+            if rejection is not None:
+                status, reason = rejection
+                if current != url:
+                    reason = f"redirect target {current}: {reason}"
+                return FetchResult(url, current, status, reason, attempts=attempts)
             if check is not None and current != url:
                 rejection = check(current)
                 if rejection is not None:
@@ -226,7 +273,9 @@ class Fetcher:
                 url, final_url, "ok", content=attempt.content, content_type=attempt.content_type,
                 http_status=attempt.http_status, attempts=attempts,
             )
-        status = {"timeout": "timeout", "too_large": "too_large"}.get(attempt.kind, "http_error")
+        status = {"timeout": "timeout", "too_large": "too_large", "blocked": "blocked_site"}.get(
+            attempt.kind, "http_error"
+        )
         transient = attempt.kind in ("timeout", "connection") or (
             attempt.kind == "http" and attempt.http_status in self.settings.retry_statuses
         )
@@ -269,6 +318,9 @@ class Fetcher:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.settings.user_agent
+            adapter = _GuardedAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
@@ -277,17 +329,32 @@ class Fetcher:
     def _get_once(self, url: str, *, max_bytes: int, accept: str, truncate: bool) -> _Attempt:
         settings = self.settings
         actual = self.to_actual(url)
+        with self.gate.slot(host_of(url)):
+            guard = _RequestGuard(self._addresses, settings.total_timeout_s)
+            with guard.active():
+                attempt = self._request(actual, guard, max_bytes=max_bytes, accept=accept, truncate=truncate)
+        if guard.expired and attempt.kind != "blocked":
+            return _Attempt(
+                "timeout", f"timed out (response took over {settings.total_timeout_s:g} s)",
+                http_status=attempt.http_status, content_type=attempt.content_type,
+            )
+        return attempt
+
+    def _request(
+        self, actual: str, guard: _RequestGuard, *, max_bytes: int, accept: str, truncate: bool
+    ) -> _Attempt:
+        settings = self.settings
         try:
-            with self.gate.slot(host_of(url)):
-                started = time.monotonic()
-                with self._session().get(
-                    actual,
-                    headers={"Accept": accept},
-                    timeout=(settings.connect_timeout_s, settings.read_timeout_s),
-                    allow_redirects=False,
-                    stream=True,
-                ) as response:
-                    return self._read_response(response, max_bytes=max_bytes, started=started, truncate=truncate)
+            with self._session().get(
+                actual,
+                headers={"Accept": accept},
+                timeout=(settings.connect_timeout_s, settings.read_timeout_s),
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                return self._read_response(response, max_bytes=max_bytes, guard=guard, truncate=truncate)
+        except _PeerRejected as error:
+            return _Attempt("blocked", str(error))
         except requests.exceptions.Timeout as error:
             return _Attempt("timeout", f"timed out ({_timeout_kind(error)})")
         except requests.exceptions.ConnectionError as error:
@@ -305,11 +372,14 @@ class Fetcher:
             return _Attempt("invalid", f"request failed: {type(error).__name__}: {_short_error(error)}")
 
     def _read_response(
-        self, response: requests.Response, *, max_bytes: int, started: float, truncate: bool
+        self, response: requests.Response, *, max_bytes: int, guard: _RequestGuard, truncate: bool
     ) -> _Attempt:
-        settings = self.settings
         code = response.status_code
         content_type = response.headers.get("Content-Type", "")
+        if _head_is_malformed(response):
+            # NOTE: a connection closed right after a complete header line is indistinguishable from a
+            # response whose body ends at the close, so it passes as an empty body.
+            return _Attempt("connection", "malformed response head (cut off mid-header or a line without a colon)")
         if code in (301, 302, 303, 307, 308):
             location = response.headers.get("Location")
             if not location:
@@ -340,11 +410,8 @@ class Fetcher:
                     "too_large", f"body exceeded the limit of {max_bytes} bytes; download aborted",
                     http_status=code, content_type=content_type,
                 )
-            if time.monotonic() - started > settings.total_timeout_s:
-                return _Attempt(
-                    "timeout", f"timed out (response took over {settings.total_timeout_s:g} s)",
-                    http_status=code, content_type=content_type,
-                )
+            if guard.expired:
+                break  # the caller turns this into a timeout
             chunks.append(chunk)
         return _Attempt("ok", content=b"".join(chunks), content_type=content_type, http_status=code)
 
@@ -353,6 +420,120 @@ class Fetcher:
             for session in self._sessions:
                 session.close()
             self._sessions.clear()
+
+
+# -- connection guard ---------------------------------------------------------------------
+# requests gives no hook between connecting and sending, so the guard reaches urllib3's
+# connections through a custom adapter whose pools build _GuardedHTTP(S)Connection. The guard of
+# the request in progress is found through a thread-local, because each session (and so each
+# connection pool) belongs to one thread.
+
+_active_guard = threading.local()
+
+
+class _PeerRejected(Exception):
+    """A new connection reached an address that the address policy rejects.
+
+    Deliberately not an OSError, so urllib3 and requests pass it through unchanged.
+    """
+
+
+class _RequestGuard:
+    """Checks the peer of each new connection and enforces the total timeout of one request."""
+
+    def __init__(self, addresses: AddressPolicy, total_timeout_s: float) -> None:
+        self.addresses = addresses
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(total_timeout_s, self._expire)
+        self._timer.daemon = True
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        _active_guard.guard = self
+        self._timer.start()
+        try:
+            yield
+        finally:
+            self._timer.cancel()
+            _active_guard.guard = None
+
+    def check_peer(self, sock: socket.socket) -> None:
+        address = sock.getpeername()[0]
+        reason = self.addresses.rejection_for(str(address))
+        if reason is not None:
+            raise _PeerRejected(f"connection reached a non-public address: {reason}")
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down when the total timeout expires (at once if it already has)."""
+        with self._lock:
+            if not self.expired:
+                self._sockets.append(sock)
+                return
+        _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # shutdown() wakes a recv() blocked in another thread; close() alone would not.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _GuardedConnectionMixin:
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        guard: _RequestGuard | None = getattr(_active_guard, "guard", None)
+        if guard is not None:
+            try:
+                guard.check_peer(sock)
+            except BaseException:
+                sock.close()
+                raise
+            guard.watch(sock)
+        return sock
+
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # A connection reused from the pool skips _new_conn, so the socket is watched here too.
+        guard: _RequestGuard | None = getattr(_active_guard, "guard", None)
+        sock = getattr(self, "sock", None)
+        if guard is not None and sock is not None:
+            guard.watch(sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSConnectionPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(requests.adapters.HTTPAdapter):
+    # NOTE: requests sends through a proxy (HTTP_PROXY and friends) with another pool manager, so
+    # then only the check before the request applies, not the peer check.
+    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _GuardedHTTPConnectionPool,
+            "https": _GuardedHTTPSConnectionPool,
+        }
 
 
 def _swap_origin(url: str, origins: Mapping[str, str]) -> str:
@@ -365,9 +546,28 @@ def _swap_origin(url: str, origins: Mapping[str, str]) -> str:
     return replacement + url[len(parts.scheme) + 3 + len(parts.netloc):]
 
 
+def _head_is_malformed(response: requests.Response) -> bool:
+    """Return whether http.client stopped parsing the head at a line that is not a header.
+
+    It then reads the rest of the head as body, so the response cannot be trusted.
+    """
+    original = getattr(response.raw, "_original_response", None)
+    defects = getattr(getattr(original, "msg", None), "defects", ())
+    return any(isinstance(defect, email.errors.MissingHeaderBodySeparatorDefect) for defect in defects)
+
+
 def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None
+    """Return the wait in seconds that a Retry-After header requests (delay-seconds or HTTP-date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 def _is_read_timeout(error: BaseException) -> bool:

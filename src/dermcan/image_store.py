@@ -1,13 +1,21 @@
 """Image verification and content-addressed storage of crawled photographs.
 
 :meth:`ImageStore.store` takes the bytes a server sent and either rejects them with a manifest
-status (``not_an_image``, ``corrupt``, ``too_large``) or stores a clean copy:
+status (``not_an_image``, ``corrupt``, ``too_large``, ``too_small``, ``bad_aspect_ratio``) or
+stores a clean copy:
 
-* decoded with Pillow, accepting only the raster formats in :data:`ACCEPTED_FORMATS`;
+* decoded with Pillow, accepting only the raster formats in :data:`ACCEPTED_FORMATS`; bytes
+  that start with the signature of one of them but cannot be read are ``corrupt``, and so is
+  a PNG with a chunk whose CRC does not match;
 * rejected as a decompression bomb when width x height exceeds ``max_pixels`` (Pillow's own
-  ``Image.MAX_IMAGE_PIXELS`` is set to the same value);
-* rotated upright from its EXIF orientation, converted from an embedded ICC profile to sRGB,
-  flattened onto white if it has transparency, converted to RGB;
+  ``Image.MAX_IMAGE_PIXELS`` is set to the same value), as ``too_small`` when its shorter side
+  is under ``min_side`` pixels, and as ``bad_aspect_ratio`` when the longer side is more than
+  ``max_aspect_ratio`` times the shorter (banners, strips); all three are decided from the
+  header, before the pixels are decoded;
+* of an animated GIF or WebP, only the first frame is stored;
+* rotated upright from its EXIF orientation, scaled from 16 bits per sample to 8, converted
+  to sRGB through an embedded ICC profile, flattened onto white if it has transparency,
+  converted to RGB (CMYK without a profile by Pillow's plain formula);
 * written as JPEG with no metadata at all: no EXIF (so no GPS position), no ICC profile (the
   pixels are sRGB after the conversion), no XMP, no comment.
 
@@ -20,10 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
 import shutil
+import struct
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -73,12 +83,25 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode ``data`` fully and return the image; raise :class:`ImageRejected` if unusable."""
+def decode_image(
+    data: bytes, *, max_pixels: int, min_side: int = 1, max_aspect_ratio: float | None = None
+) -> Image.Image:
+    """Decode ``data`` fully and return the image; raise :class:`ImageRejected` if unusable.
+
+    ``min_side`` (pixels) and ``max_aspect_ratio`` (longer side / shorter side, ``None`` for
+    no limit) are checked on the header's size, which EXIF rotation does not change.
+    """
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise ImageRejected("not_an_image", _describe_non_image(data)) from None
+        signature = _matching_signature(data)
+        if signature is None:
+            raise ImageRejected("not_an_image", _describe_non_image(data)) from None
+        raise ImageRejected(
+            "corrupt",
+            f"starts with a {signature} signature but its header cannot be read: "
+            f"{_header_error(signature, data)}",
+        ) from None
     except Image.DecompressionBombError as error:
         # Pillow checks twice MAX_IMAGE_PIXELS while reading the header; its message has the count.
         found = re.search(r"\((\d+) pixels\)", str(error))
@@ -97,6 +120,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             f"decompression bomb: {image.width}x{image.height} = {pixels} pixels "
             f"exceeds the limit of {max_pixels} pixels",
         )
+    _check_shape(image.width, image.height, min_side=min_side, max_aspect_ratio=max_aspect_ratio)
+    if image.format == "PNG":
+        _verify_png_checksums(data)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as error:
@@ -104,13 +130,75 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return image
 
 
+def _check_shape(width: int, height: int, *, min_side: int, max_aspect_ratio: float | None) -> None:
+    shorter, longer = min(width, height), max(width, height)
+    if shorter < min_side:
+        raise ImageRejected(
+            "too_small",
+            f"{width}x{height} pixels: the shorter side of {shorter} is under the minimum of "
+            f"{min_side} pixels",
+        )
+    if max_aspect_ratio is not None and longer > max_aspect_ratio * shorter:
+        raise ImageRejected(
+            "bad_aspect_ratio",
+            f"{width}x{height} pixels: aspect ratio {longer / shorter:.2f} exceeds the maximum "
+            f"of {max_aspect_ratio:g}",
+        )
+
+
+def _verify_png_checksums(data: bytes) -> None:
+    # Pillow checks the CRCs of IDAT and later chunks only in verify(), which needs a fresh
+    # image object. A bad CRC means the file was damaged on its way, even where the pixels
+    # still decompress.
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected("corrupt", f"PNG chunk check failed: {error}") from None
+
+
+def _matching_signature(data: bytes) -> str | None:
+    """Return the accepted format whose signature starts ``data``, or None."""
+    prefix = data[:16]
+    for name in ACCEPTED_FORMATS:
+        _, accept = Image.OPEN[name]
+        if accept is not None and accept(prefix):
+            return name
+    return None
+
+
+def _header_error(format_name: str, data: bytes) -> str:
+    # Image.open hides the plugin's own error behind UnidentifiedImageError; calling the
+    # plugin directly recovers it.
+    factory, _ = Image.OPEN[format_name]
+    try:
+        factory(io.BytesIO(data), "")
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error) as error:
+        return str(error) or type(error).__name__
+    return "Pillow could not identify it"
+
+
 def _describe_non_image(data: bytes) -> str:
-    head = data[:512].lstrip().lower()
+    if not data:
+        return "empty body (0 bytes)"
+    head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head:
         return f"HTML document of {len(data)} bytes, not an image"
-    if not data:
-        return "empty body"
+    if b"<svg" in head:
+        return f"SVG vector image of {len(data)} bytes; only raster formats are accepted"
+    if head.startswith((b"{", b"[")) and _is_json(data):
+        return f"JSON document of {len(data)} bytes, not an image"
+    if head.startswith(b"<?xml"):
+        return f"XML document of {len(data)} bytes, not an image"
     return f"{len(data)} bytes in no accepted image format ({', '.join(ACCEPTED_FORMATS)})"
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        return False
+    return True
 
 
 def normalize_image(image: Image.Image) -> Image.Image:
@@ -122,6 +210,8 @@ def normalize_image(image: Image.Image) -> Image.Image:
         upright = image
     if upright is None:  # exif_transpose returns None only with in_place=True
         upright = image
+    if upright.mode in _WIDE_GREY_MODES:
+        upright = _to_8_bit_grey(upright)
 
     icc_profile = upright.info.get("icc_profile")
     if icc_profile:
@@ -143,6 +233,22 @@ def normalize_image(image: Image.Image) -> Image.Image:
             ) from None
     rgb.info = {}
     return rgb
+
+
+# Greyscale modes with more than 8 bits per sample: 16-bit PNG and TIFF open as I;16*, and
+# some decoders give 16-bit samples in mode I. Pillow's convert("RGB") clips them at 255 rather
+# than scaling them, which turns most of a 16-bit photo white.
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _to_8_bit_grey(image: Image.Image) -> Image.Image:
+    # NOTE: mode I is taken to hold 16-bit samples (0..65535); a 32-bit TIFF with larger values
+    # saturates at white.
+    samples = np.asarray(image).astype(np.int64)
+    scaled = (np.clip(samples, 0, 65535) >> 8).astype(np.uint8)
+    converted = Image.fromarray(scaled, mode="L")
+    converted.info = dict(image.info)
+    return converted
 
 
 def _to_srgb(image: Image.Image, icc_profile: bytes) -> Image.Image:
@@ -173,14 +279,29 @@ def encode_jpeg(image: Image.Image, *, quality: int) -> bytes:
 class ImageStore:
     """Content-addressed store of verified JPEGs under ``root``; safe to share between threads."""
 
-    def __init__(self, root: str | os.PathLike[str], *, max_pixels: int, jpeg_quality: int) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        max_pixels: int,
+        jpeg_quality: int,
+        min_side: int = 1,
+        max_aspect_ratio: float | None = None,
+    ) -> None:
+        """``min_side`` is in pixels; ``max_aspect_ratio`` (longer / shorter side) None means no limit."""
         if max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {max_pixels}")
         if not 1 <= jpeg_quality <= 95:
             raise ValueError(f"jpeg_quality must be in 1..95, got {jpeg_quality}")
+        if min_side < 1:
+            raise ValueError(f"min_side must be at least 1 pixel, got {min_side}")
+        if max_aspect_ratio is not None and not max_aspect_ratio >= 1.0:
+            raise ValueError(f"max_aspect_ratio must be at least 1.0 or None, got {max_aspect_ratio}")
         self.root = Path(root)
         self.max_pixels = max_pixels
         self.jpeg_quality = jpeg_quality
+        self.min_side = min_side
+        self.max_aspect_ratio = max_aspect_ratio
         # Pillow raises DecompressionBombError above twice this limit while reading the header,
         # and warns above the limit itself. decode_image rejects those images with the pixel
         # count anyway, so the warning is silenced.
@@ -196,7 +317,13 @@ class ImageStore:
         Storing the same bytes again rewrites nothing and returns the same record.
         """
         sha256 = sha256_hex(data)
-        image = normalize_image(decode_image(data, max_pixels=self.max_pixels))
+        decoded = decode_image(
+            data,
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            max_aspect_ratio=self.max_aspect_ratio,
+        )
+        image = normalize_image(decoded)
         phash = str(imagehash.phash(image))
         destination = self.path_for(sha256)
         if not destination.exists():
@@ -221,16 +348,23 @@ def publish_images(store: ImageStore, sha256s: Iterable[str], destination: str |
             shutil.rmtree(leftover)
 
     count = 0
-    for sha256 in sorted(set(sha256s)):
-        source = store.path_for(sha256)
-        target = building / sha256[:2] / f"{sha256}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
-        count += 1
-    building.mkdir(parents=True, exist_ok=True)
+    try:
+        for sha256 in sorted(set(sha256s)):
+            source = store.path_for(sha256)
+            target = building / sha256[:2] / f"{sha256}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+            count += 1
+        building.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        # A copy cut short (a full disk) must not stay behind as a half-written JPEG.
+        shutil.rmtree(building, ignore_errors=True)
+        if atomic_io.is_disk_full(error):
+            raise atomic_io.DiskFullError(building, error) from error
+        raise
 
     if destination.exists():
         destination.rename(retired)

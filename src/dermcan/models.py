@@ -12,6 +12,7 @@ rebuilds the model from that file alone.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Mapping
@@ -41,7 +42,13 @@ def check_architecture(arch: str) -> str:
     """Return ``arch`` if torchvision has a classification model of that name, else raise."""
     valid = classification_architectures()
     if arch not in valid:
-        raise ValueError(f"unknown model {arch!r}; valid torchvision models are: {', '.join(valid)}")
+        matches = difflib.get_close_matches(arch, valid, n=3) if isinstance(arch, str) else []
+        suggestion = f" Did you mean {' or '.join(matches)}?" if matches else ""
+        raise ValueError(
+            f"unknown model {arch!r}.{suggestion} Valid names are the image classification models of "
+            f"torchvision {torchvision.__version__}, from torchvision.models.list_models(module=torchvision.models): "
+            f"{', '.join(valid)}"
+        )
     return arch
 
 

@@ -10,6 +10,11 @@ Deterministic mode (``deterministic: true``) calls ``torch.use_deterministic_alg
 turns off cuDNN benchmarking and sets ``CUBLAS_WORKSPACE_CONFIG``: two runs with the same seed,
 data, device type and process count then give the same weights, at some cost in speed. An
 operation without a deterministic implementation raises a RuntimeError in that mode.
+
+Given a ``checkpoint_path``, :func:`train_classifier` writes a checkpoint after every epoch and,
+with ``resume: true``, continues from one that matches this run's data and settings
+(:mod:`dermcan.training_checkpoints`). In deterministic mode with ``num_workers: 0`` a resumed
+run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dermcan import datasets, evaluation_metrics, models
+from dermcan import datasets, evaluation_metrics, models, training_checkpoints
 from dermcan.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,7 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     select: str = "best"
+    resume: bool = True
 
     def __post_init__(self) -> None:
         models.check_architecture(self.arch)
@@ -120,6 +126,7 @@ class TrainConfig:
             num_workers=int(params.get("num_workers", cls.num_workers)),
             device=str(params.get("device", cls.device)),
             select=params.get("select", cls.select),
+            resume=bool(params.get("resume", cls.resume)),
         )
 
 
@@ -324,12 +331,15 @@ def train_classifier(
     *,
     context: DistributedContext | None = None,
     on_epoch_end: Callable[[dict[str, float | None]], None] | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train a classifier on ``train_samples`` and validate on ``val_samples`` each epoch.
 
     The classes are those present in ``train_samples``, in :data:`dermcan.classes.CLASSES`
     order; validation images of other classes are left out with a warning. ``on_epoch_end``
-    receives each epoch's metrics on rank 0. The returned model is on the CPU, in eval mode.
+    receives each epoch's metrics on rank 0; after a resume it first receives the records of
+    the epochs restored from the checkpoint. With ``checkpoint_path`` rank 0 writes a
+    checkpoint there after every epoch. The returned model is on the CPU, in eval mode.
     """
     context = context or DistributedContext()
     classes = datasets.classes_present(label for _, label in train_samples)
@@ -378,7 +388,25 @@ def train_classifier(
 
     history: list[dict[str, float | None]] = []
     best_score, best_epoch, best_state = -math.inf, config.epochs, None
-    for epoch in range(1, config.epochs + 1):
+    start_epoch, fingerprint = 1, ""
+    if checkpoint_path is not None:
+        indexed = {"train": train_indexed, "val": val_indexed}
+        fingerprint = training_checkpoints.training_fingerprint(config, indexed, classes, cache, context.world_size)
+        checkpoint = _resumable_checkpoint(checkpoint_path, fingerprint, config.resume)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            training_checkpoints.restore_rng(checkpoint["rng_states"][context.rank], loader.generator)
+            history = list(checkpoint["history"])
+            best_score, best_epoch, best_state = checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_state"]
+            start_epoch = checkpoint["epoch"] + 1
+            log.info("resuming from %s after epoch %d of %d", checkpoint_path, checkpoint["epoch"], config.epochs)
+            if context.is_main and on_epoch_end is not None:
+                for record in history:
+                    on_epoch_end(record)
+
+    for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         lr = optimizer.param_groups[0]["lr"]
@@ -402,6 +430,15 @@ def train_classifier(
                 on_epoch_end(record)
         else:
             history.append(record)
+        if checkpoint_path is not None:
+            rng_states = _gather_rng_states(loader.generator, context)
+            if context.is_main:
+                training_checkpoints.save_checkpoint(checkpoint_path, {
+                    "fingerprint": fingerprint, "epoch": epoch, "dvclive_step": len(history),
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "history": history, "best_score": best_score,
+                    "best_epoch": best_epoch, "best_state": best_state, "rng_states": rng_states,
+                })
 
     model = model.cpu()
     if config.select == "best" and best_state is not None:
@@ -411,6 +448,24 @@ def train_classifier(
         selected = config.epochs
     model.eval()
     return TrainResult(model=model, classes=classes, history=history, selected_epoch=selected, steps_per_epoch=steps_per_epoch)
+
+
+def _resumable_checkpoint(path: str | os.PathLike[str], fingerprint: str, resume: bool) -> dict[str, Any] | None:
+    if not resume:
+        if os.path.exists(path):
+            log.info("train.resume is false: ignoring the checkpoint %s and starting at epoch 1", path)
+        return None
+    return training_checkpoints.load_resumable_checkpoint(path, fingerprint=fingerprint)
+
+
+def _gather_rng_states(loader_generator: torch.Generator, context: DistributedContext) -> list[dict[str, Any]]:
+    """Return the RNG states of every rank, in rank order (on every rank)."""
+    snapshot = training_checkpoints.rng_snapshot(loader_generator)
+    if not context.is_distributed:
+        return [snapshot]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, snapshot)
+    return gathered
 
 
 def _fmt(value: float | None) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dermcan.annotation import AnnotateConfig, annotate, contact_sheet_images, write_annotation
 from dermcan.atomic_io import atomic_path, read_csv
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 
 MANIFEST = Path("data/crawl/manifest.csv")
 IMAGES = Path("data/crawl/images")
@@ -39,7 +39,7 @@ def write_plots(sheets: dict, folder: Path) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params("annotate")
+    params = load_stage_params("annotate")
     config = AnnotateConfig.from_params(params)
     if not MANIFEST.is_file():
         raise SystemExit(f"{MANIFEST} not found: run the crawl stage first (dvc repro crawl)")

@@ -27,8 +27,9 @@ from dermcan.crawling import CrawlConfig, Crawler, CrawlResult, SiteProfile, ope
 from dermcan.folder_ingest import collect_folder
 from dermcan.image_store import ImageStore, publish_images
 from dermcan.loopback_server import serve_site
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 from dermcan.released_manifest_images import collect_released_manifest, write_empty_box_outputs
+from dermcan.url_safety import LOOPBACK_NETWORKS
 
 log = logging.getLogger("crawl")
 
@@ -63,6 +64,7 @@ def crawl_demo(config: CrawlConfig, params: Mapping[str, Any], store: ImageStore
     if not (DEMO_SITE / "index.html").is_file():
         raise FileNotFoundError(f"{DEMO_SITE / 'index.html'} not found: run `dvc repro demo_web` first")
     profile = config.profile(params["demo"]["profile"])
+    config = config.allowing_networks(LOOPBACK_NETWORKS)  # the demo web is served from 127.0.0.1
     with serve_site(DEMO_SITE) as site:
         return crawl_profiles(config, [profile], store, connect_to={params["demo"]["origin"]: site.base_url})
 
@@ -97,16 +99,19 @@ SOURCES: dict[str, Callable[[CrawlConfig, Mapping[str, Any], ImageStore], CrawlR
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params("crawl")
+    params = load_stage_params("crawl")
     source = params["source"]
     if source not in SOURCES:
         raise ValueError(f"unknown crawl.source {source!r}; valid sources are: {', '.join(sorted(SOURCES))}")
     config = CrawlConfig.from_params(params)
 
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    # A killed run leaves the temporary file it was writing; its images are refetched anyway.
+    for folder in (STATE_DIR, MANIFEST_PATH.parent):
+        atomic_io.remove_stale_temporaries(folder)
     # DVC leaves cache: false outs to git, so the scratch folder ignores itself.
     atomic_io.write_text(STATE_DIR / ".gitignore", "*\n")
-    store = ImageStore(STATE_DIR / "images", max_pixels=config.max_image_pixels, jpeg_quality=config.jpeg_quality)
+    store = config.open_image_store(STATE_DIR / "images")
 
     started_at = datetime.datetime.now(datetime.timezone.utc)
     clock = time.monotonic()
@@ -140,5 +145,21 @@ def main() -> None:
     log.info("crawled %d candidate images in %.1f s: %s", metrics["candidates"], wall_time_s, counts)
 
 
+def explain_full_disk(error: OSError) -> str:
+    folders = " and ".join(str(folder.resolve()) for folder in (STATE_DIR, MANIFEST_PATH.parent))
+    written = f" while writing {error.filename}" if error.filename else ""
+    return (
+        f"crawl stopped because the disk is full{written}. Free space on the disk holding {folders} "
+        "(or move those folders to a larger disk) and rerun the stage: it resumes from "
+        f"{STATE_DIR / 'journal.jsonl'} and keeps every image stored so far."
+    )
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as error:
+        if not atomic_io.is_disk_full(error):
+            raise
+        log.error("%s", explain_full_disk(error))
+        raise SystemExit(1) from None

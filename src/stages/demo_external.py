@@ -11,14 +11,14 @@ import logging
 from pathlib import Path
 
 from dermcan.demo_external import generate_external_set
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 
 OUT_DIR = Path("data/external/demo_shifted")
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params("demo_external")
+    params = load_stage_params("demo_external")
 
     generate_external_set(OUT_DIR, params)
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from dermcan.demo_web import generate_site
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 
 SITE_DIR = Path("data/demo/site")
 TRUTH_PATH = Path("data/demo/truth.json")
@@ -19,7 +19,7 @@ TRUTH_PATH = Path("data/demo/truth.json")
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params("demo_web")
+    params = load_stage_params("demo_web")
 
     generate_site(SITE_DIR, TRUTH_PATH, params)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from dermcan import atomic_io, evaluation, evaluation_plots, models
 from dermcan.classes import MALIGNANT, check_class_name
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 
 log = logging.getLogger("evaluate")
 
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    params = load_params("evaluate")
+    params = load_stage_params("evaluate")
     malignant = [check_class_name(name) for name in (params.get("malignant") or MALIGNANT)]
     bootstrap = params.get("bootstrap", {})
     cache = params.get("cache", {})

@@ -12,7 +12,7 @@ from pathlib import Path
 from dermcan.atomic_io import write_csv
 from dermcan.gan_generation import INDEX_COLUMNS, plot_sample_grid, write_generated_set
 from dermcan.gan_training import GENERATOR_NAME, load_generator
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 
 GENERATOR = Path("models/cgan") / GENERATOR_NAME
 OUTPUT = Path("data/gan")
@@ -23,7 +23,7 @@ log = logging.getLogger("gan_generate")
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params("gan")
+    params = load_stage_params("gan")
     generator, metadata = load_generator(GENERATOR)
     classes = metadata["classes"]
     seed = int(params["seed"])

@@ -24,7 +24,7 @@ from dermcan.image_quality import (
     load_images,
 )
 from dermcan.models import load_classifier
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 
 REAL_LIST = Path("data/split/can.csv")
 GENERATED_LIST = Path("data/gan/index.csv")
@@ -46,7 +46,7 @@ def read_images_by_class(list_path: Path, resolution: int) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params("gan")
+    params = load_stage_params("gan")
     settings = params["metrics"]
     resolution = int(params["resolution"])
 

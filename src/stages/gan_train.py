@@ -11,10 +11,10 @@ import logging
 import time
 from pathlib import Path
 
-from dermcan.atomic_io import read_csv
+from dermcan.atomic_io import read_csv, remove_stale_temporaries
 from dermcan.classes import CLASSES
 from dermcan.gan_training import GanConfig, load_training_images, train_gan
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 
 TRAINING_LIST = Path("data/split/can.csv")
 OUTPUT = Path("models/cgan")
@@ -24,7 +24,7 @@ log = logging.getLogger("gan_train")
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = GanConfig.from_params(load_params("gan"))
+    config = GanConfig.from_params(load_stage_params("gan"))
     if not TRAINING_LIST.is_file():
         raise SystemExit(f"{TRAINING_LIST} not found: run the split stage first (dvc repro split)")
 
@@ -34,6 +34,8 @@ def main() -> None:
     missing = [name for name in CLASSES if name not in present]
     if missing:
         log.warning("no training crops for %s: the GAN will not generate them", ", ".join(missing))
+    if OUTPUT.is_dir():
+        remove_stale_temporaries(OUTPUT)  # left by a run killed while writing a checkpoint
     images, labels = load_training_images(rows, classes, config.resolution)
     log.info("loaded %d training crops of %d classes from %s", len(rows), len(classes), TRAINING_LIST)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dermcan.annotation_truth import load_truth, measure_annotation
 from dermcan.atomic_io import read_csv, write_json
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 
 ANNOTATIONS = Path("data/annotated/annotations.csv")
 MANIFEST = Path("data/crawl/manifest.csv")
@@ -22,7 +22,7 @@ log = logging.getLogger("measure_annotation")
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    iou_threshold = float(load_params("annotate.measure.iou_threshold"))
+    iou_threshold = float(load_stage_params("annotate.measure.iou_threshold"))
     for path, stage in ((ANNOTATIONS, "annotate"), (MANIFEST, "crawl"), (TRUTH, "demo_web")):
         if not path.is_file():
             raise SystemExit(f"{path} not found: run the {stage} stage first (dvc repro {stage})")

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from dermcan.atomic_io import read_csv, write_csv, write_json
-from dermcan.params import load_params
+from dermcan.params import load_stage_params
 from dermcan.splitting import SPLIT_COLUMNS, split_lists
 
 MANIFEST = Path("data/crawl/manifest.csv")
@@ -23,7 +23,7 @@ log = logging.getLogger("split")
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params("split")
+    params = load_stage_params("split")
     for path, stage in ((MANIFEST, "crawl"), (ANNOTATIONS, "annotate")):
         if not path.is_file():
             raise SystemExit(f"{path} not found: run the {stage} stage first (dvc repro {stage})")

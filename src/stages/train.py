@@ -4,6 +4,10 @@ SET names an entry of ``train.sets`` in params.yaml. Writes ``models/SET/model.p
 dvclive log ``metrics/train/SET/`` (per-epoch loss, validation accuracy and macro AUROC).
 Under ``torchrun --nproc-per-node N src/stages/train.py SET`` it trains with
 DistributedDataParallel and only rank 0 writes files.
+
+After every epoch it writes a checkpoint to ``.cache/train_state/SET/checkpoint.pt``; a rerun
+after an interruption resumes from it when ``train.resume`` is true and the data and settings
+are unchanged. The checkpoint is deleted once the model is published.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from typing import Any
 
 from dvclive import Live
 
-from dermcan import datasets, distributed, models, training
-from dermcan.params import load_params
+from dermcan import atomic_io, datasets, distributed, models, training, training_checkpoints
+from dermcan.params import load_stage_params
 
 log = logging.getLogger("train")
+
+# Scratch folder for resume checkpoints: not a DVC output (see the comment in dvc.yaml).
+CHECKPOINT_DIR = Path(".cache/train_state")
 
 
 def training_set(params: dict[str, Any], name: str) -> dict[str, list[str]]:
@@ -34,13 +41,17 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    params = load_params("train")
+    params = load_stage_params("train")
     lists = training_set(params, args.set)
     config = training.TrainConfig.from_params(params)
     context = distributed.init_distributed(config.device)
     train_samples = datasets.read_training_lists(lists["train"], "train")
     val_samples = datasets.read_training_lists(lists["val"], "val")
     model_path = Path("models") / args.set / "model.pt"
+    checkpoint_path = CHECKPOINT_DIR / args.set / "checkpoint.pt"
+    if context.is_main:
+        for folder in (model_path.parent, checkpoint_path.parent):
+            atomic_io.remove_stale_temporaries(folder)
 
     try:
         if context.is_main:
@@ -52,10 +63,13 @@ def main() -> None:
                             live.log_metric(key.replace("_", "/", 1), value)
                     live.next_step()
 
-                result = training.train_classifier(config, train_samples, val_samples, context=context, on_epoch_end=log_epoch)
+                result = training.train_classifier(
+                    config, train_samples, val_samples, context=context, on_epoch_end=log_epoch,
+                    checkpoint_path=checkpoint_path,
+                )
                 live.summary["selected_epoch"] = result.selected_epoch
         else:
-            result = training.train_classifier(config, train_samples, val_samples, context=context)
+            result = training.train_classifier(config, train_samples, val_samples, context=context, checkpoint_path=checkpoint_path)
 
         if context.is_main:
             models.save_classifier(
@@ -76,6 +90,7 @@ def main() -> None:
                 },
             )
             log.info("saved %s (epoch %d of %d, selection: %s)", model_path, result.selected_epoch, config.epochs, config.select)
+            training_checkpoints.remove_checkpoint(checkpoint_path)
     finally:
         distributed.barrier(context)
         distributed.shutdown_distributed(context)
