@@ -178,8 +178,13 @@ def main() -> None:
     if not args.no_record:
         record = new_record("pipeline", {"params_overrides": overrides, "tiny": args.tiny, "runs": args.runs,
                                          "cpus": len(os.sched_getaffinity(0))})
+        size = "default demo"
+        if args.tiny:
+            size = "tiny (TINY_PARAMS of tests/pipeline_repo.py)"
+        elif overrides:
+            size = "default demo with overrides"
         record.update(
-            size="tiny (TINY_PARAMS of tests/pipeline_repo.py)" if args.tiny else ("default demo with overrides" if overrides else "default demo"),
+            size=size,
             full_run=full,
             no_op={"median_seconds": median([run["seconds"] for run in no_ops]), "runs_seconds": [run["seconds"] for run in no_ops]},
             evaluate_param_rerun={

@@ -9,10 +9,10 @@ At 0.25x, 1x and 4x of the pipeline tests' tiny size, for development::
 
     .venv/bin/python benchmarks/bench_scaling.py --tiny --scales 0.25 1 4
 
-For each scale it clones this repository (committed files only) into a temporary folder and
-multiplies ``demo_web.photos_per_class``, ``demo_web.blog_posts`` and, unless
-``--noise fixed``, every ``demo_web.noise`` count by the scale (rounded, at least 1 where the
-base is at least 1), so the mix of noise stays the same. It then runs the stage scripts in
+For each scale it clones this repository (committed files only) into a temporary folder. It
+multiplies ``demo_web.photos_per_class``, ``demo_web.blog_posts`` and every ``demo_web.noise``
+count by the scale, rounded and at least 1 where the base is at least 1, so the mix of noise
+stays the same. ``--noise fixed`` keeps the noise counts instead. It then runs the stage scripts in
 order with this virtual environment's python and ``PYTHONPATH`` set to the clone's ``src/``:
 ``demo_web`` (not timed), ``crawl``, ``annotate``, ``split`` (not timed) and ``train can`` with
 ``train.epochs`` forced to 1, so the train time is one epoch plus model setup, the image cache

@@ -1,16 +1,18 @@
-"""Images per second of one training epoch through three input paths, timed in the same run.
+"""Images per second of one training epoch through four input paths, timed in the same run.
 
 Run by hand from the repository root::
 
     .venv/bin/python benchmarks/bench_training_input.py --images 300 --runs 5
 
-All three paths train the classifier of the ``train`` section of params.yaml (architecture,
+All four paths train the classifier of the ``train`` section of params.yaml (architecture,
 input size, batch size, optimiser, worker count) with the same training step:
 
 * ``project``: the train stage's input path. :class:`dermcan.datasets.ImageCache` decodes
   every image once (its one-off fill is timed separately). :class:`dermcan.datasets.ImageDataset`
   then applies the training augmentation to the cached uint8 arrays, and the DataLoader is built
   by ``dermcan.training._make_train_loader`` (class-balanced sampler, persistent workers).
+* ``project_no_augmentation``: the same with the augmentation off (a plain resize of the cached
+  square), which separates the cost of the cache and the DataLoader from that of augmenting.
 * ``imagefolder``: a plain ``torchvision.datasets.ImageFolder`` with ``Resize``, random flips,
   ``ToTensor`` and ``Normalize`` in a shuffled ``DataLoader``. Every access decodes the JPEG
   again, and the workers start again each epoch, as in a typical PyTorch training script.
@@ -20,7 +22,9 @@ input size, batch size, optimiser, worker count) with the same training step:
 The images are ``--images`` close-ups from :mod:`dermcan.synthetic_lesions`, saved as JPEG
 crops like the annotate stage's, or the images of ``--folder`` (an ImageFolder tree whose folder
 names are class names). Each run times one epoch of each path, in rotating order; the figures
-are medians over ``--runs``. The record goes to benchmarks/results/training_input.json.
+are medians over ``--runs``. It also times each step of the training augmentation on one
+cached image in this process with one torch thread, the profile that shows where the project
+path's time goes. The record goes to benchmarks/results/training_input.json.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from dermcan.params import load_params
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from records import REPOSITORY_ROOT, median, new_record, write_record  # noqa: E402
 
-PATHS = ("project", "imagefolder", "in_memory")
+PATHS = ("project", "project_no_augmentation", "imagefolder", "in_memory")
 
 
 def write_crops(folder: Path, count: int, size: int, seed: int = 0) -> None:
@@ -113,10 +117,33 @@ def time_loading(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
     return count / (time.perf_counter() - started)
 
 
+def profile_augmentation(config: training.TrainConfig, repeats: int = 300) -> dict[str, float]:
+    """Return milliseconds per image of each training-augmentation step, with one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        transform = datasets.train_transform(config.input_size, config.augmentation, models.IMAGENET_MEAN, models.IMAGENET_STD)
+        size = datasets.cache_size_for(config.input_size, config.cache_margin)
+        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        profile = {}
+        for step in transform.transforms:
+            for _ in range(10):
+                step(image)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                output = step(image)
+            profile[type(step).__name__] = round((time.perf_counter() - started) / repeats * 1000, 3)
+            image = output
+        profile["total"] = round(sum(profile.values()), 3)
+        return profile
+    finally:
+        torch.set_num_threads(threads)
+
+
 def build_inputs(
     root: Path, config: training.TrainConfig
 ) -> tuple[dict[str, Callable[[int], Iterable]], int, float]:
-    """Build the three input paths over the ImageFolder ``root``.
+    """Build the four input paths over the ImageFolder ``root``.
 
     Returns a function per path that gives the batches of epoch ``n``, the class count and the
     seconds of the project path's one-off cache fill.
@@ -134,6 +161,8 @@ def build_inputs(
     fill_seconds = time.perf_counter() - started
     project_set = datasets.ImageDataset(indexed, datasets.train_transform(config.input_size, config.augmentation, mean, std), cache)
     project_loader = training._make_train_loader(project_set, targets, config, DistributedContext(), len(classes))
+    plain_set = datasets.ImageDataset(indexed, datasets.train_transform(config.input_size, {}, mean, std), cache)
+    plain_loader = training._make_train_loader(plain_set, targets, config, DistributedContext(), len(classes))
 
     plain_transform = transforms.Compose(
         [
@@ -154,12 +183,16 @@ def build_inputs(
     images = torch.stack([ready[i][0] for i in range(len(ready))])
     memory_batches = InMemoryBatches(images, torch.as_tensor(targets), config.batch_size, config.seed)
 
-    def project_epoch(epoch: int) -> Iterable:
-        project_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-        return project_loader
+    def epoch_of(loader: torch.utils.data.DataLoader) -> Callable[[int], Iterable]:
+        def batches(epoch: int) -> Iterable:
+            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            return loader
+
+        return batches
 
     epochs = {
-        "project": project_epoch,
+        "project": epoch_of(project_loader),
+        "project_no_augmentation": epoch_of(plain_loader),
         "imagefolder": lambda epoch: folder_loader,
         "in_memory": lambda epoch: memory_batches,
     }
@@ -255,6 +288,9 @@ def main() -> None:
     print(f"{config.arch} at {config.input_size} px, batch {config.batch_size}, {config.num_workers} workers, "
           f"{torch.get_num_threads()} torch threads, median of {args.runs} epochs")
     print_table(summary, fill_seconds)
+    profile = profile_augmentation(config)
+    print("training augmentation, ms per image with one torch thread: "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in profile.items()))
     share = summary["project"]["share_of_in_memory"]
     print(f"project path: {share:.0%} of the in-memory ceiling (target: at least 90 %)")
 
@@ -266,7 +302,7 @@ def main() -> None:
             "num_workers": config.num_workers, "torch_threads": torch.get_num_threads(), "runs": args.runs,
             "augmentation": config.augmentation,
         })
-        record.update(cache_fill_seconds=round(fill_seconds, 3), paths=summary, project_share_of_in_memory=share,
+        record.update(cache_fill_seconds=round(fill_seconds, 3), paths=summary, augmentation_ms_per_image=profile, project_share_of_in_memory=share,
                       target="project path at least 90 % of in_memory images/s")
         print(f"wrote {write_record('training_input', record)}")
 

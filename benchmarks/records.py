@@ -22,6 +22,10 @@ from dermcan import atomic_io
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPOSITORY_ROOT / "benchmarks" / "results"
 
+# Taken when a benchmark imports this module, before its work begins.
+STARTED_AT = datetime.datetime.now(datetime.timezone.utc)
+LOAD_AVERAGE_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None
+
 
 def cpu_model() -> str:
     """Return the first ``model name`` of /proc/cpuinfo, or the platform's processor string."""
@@ -51,8 +55,8 @@ def machine() -> dict[str, Any]:
         description["torch_threads"] = torch.get_num_threads()
     except ImportError:
         description["torch"] = None
-    if hasattr(os, "getloadavg"):
-        description["load_average_at_start"] = [round(value, 2) for value in os.getloadavg()]
+    if LOAD_AVERAGE_AT_START is not None:
+        description["load_average_at_start"] = [round(value, 2) for value in LOAD_AVERAGE_AT_START]
     return description
 
 
@@ -66,10 +70,10 @@ def median(values: Sequence[float]) -> float:
 
 
 def new_record(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Start a record: benchmark name, date (UTC), command, machine and settings."""
+    """Start a record: benchmark name, start date (UTC), command, machine and settings."""
     return {
         "benchmark": name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": STARTED_AT.isoformat(timespec="seconds"),
         "command": command_line(),
         "machine": machine(),
         "settings": dict(settings),

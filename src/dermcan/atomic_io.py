@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import glob
 import json
 import logging
 import os
@@ -91,7 +90,10 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
-    _remove_stale(destination.parent.glob(f".{glob.escape(destination.name)}.*.tmp"))
+    prefix = f".{destination.name}."
+    with os.scandir(destination.parent) as entries:  # cheaper than a glob on every write
+        _remove_stale([Path(entry.path) for entry in entries
+                       if entry.name.startswith(prefix) and entry.name.endswith(".tmp")])
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:

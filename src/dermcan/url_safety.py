@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 import urllib.parse
 from collections.abc import Iterable
 
@@ -112,6 +113,9 @@ def check_url_form(url: str, *, max_length: int) -> tuple[str, str] | None:
     return None
 
 
+_PASSED_HOST_TTL_S = 60.0  # seconds a host that passed the address check is not resolved again
+
+
 class AddressPolicy:
     """Decides which IP addresses the crawler may connect to."""
 
@@ -119,6 +123,10 @@ class AddressPolicy:
         self.allowed_networks: tuple[IpNetwork, ...] = tuple(
             ipaddress.ip_network(network, strict=False) for network in allowed_networks
         )
+        # Hosts that passed recently: an image crawl asks about the same few hosts thousands of
+        # times, and a resolver without a cache would send a DNS query each time. Passing is
+        # safe to remember because the fetcher checks the peer of every new connection anyway.
+        self._passed_until: dict[tuple[str, int], float] = {}
 
     def rejection_for(self, address: str) -> str | None:
         """Return why ``address`` must not be contacted, or None when it may be."""
@@ -144,6 +152,9 @@ class AddressPolicy:
         changes its answer in between (DNS rebinding) could pass this check. The fetcher closes
         that window by checking the peer address of each new connection too.
         """
+        key = (host, port)
+        if self._passed_until.get(key, 0.0) > time.monotonic():
+            return None
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as error:
@@ -153,6 +164,7 @@ class AddressPolicy:
             reason = self.rejection_for(address)
             if reason is not None:
                 return STATUS_BLOCKED_ADDRESS, f"host {host} resolves to a non-public address: {reason}"
+        self._passed_until[key] = time.monotonic() + _PASSED_HOST_TTL_S
         return None
 
 
