@@ -14,7 +14,7 @@ fresh temporary git + DVC repository:
   packing and the unpacking after the pull included in the times.
 
 ``pull`` starts from an empty cache and workspace. It prints a Markdown table for
-benchmarks/RESULTS.md.
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

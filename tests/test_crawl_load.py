@@ -62,6 +62,15 @@ def test_per_host_limit_held(load_runs: dict[int, dict[str, Any]], images: int) 
     assert max(peaks.values()) >= 2
 
 
+@pytest.mark.parametrize("images", SIZES)
+def test_open_connections_within_host_limit(load_runs: dict[int, dict[str, Any]], images: int) -> None:
+    # Idle keep-alive connections count too: a site that limits connections per client sees them.
+    peaks = load_runs[images]["server"]["peak_connections_by_host"]
+    assert len(peaks) == 2
+    for host, peak in peaks.items():
+        assert peak <= MAX_PER_HOST, f"{host} had {peak} connections open at once"
+
+
 def test_memory_does_not_grow_with_images(load_runs: dict[int, dict[str, Any]]) -> None:
     small, large = load_runs[SIZES[0]], load_runs[SIZES[-1]]
     mean_image_bytes = sum(len(generate_jpeg(index)) for index in range(50)) / 50

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # Small pieces keep the size check close to the limit; the total timeout does not depend on it.
 _CHUNK_BYTES = 16 * 1024
+_POOLED_HOSTS = 64  # hosts whose idle connections are kept
+_POOLED_PER_HOST = 64  # idle connections kept per host; the gate caps how many are in use
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,11 @@ class Fetcher:
             actual.rstrip("/").lower(): canonical.rstrip("/") for canonical, actual in self.connect_to.items()
         }
         self._addresses = AddressPolicy(self.settings.allowed_private_networks)
+        # One connection pool for every thread: with a pool per thread, each worker kept its own
+        # idle keep-alive connection to each host, so a host saw as many open connections as
+        # there are workers however low its max_per_host. Shared, a host never has more open
+        # connections than requests the gate lets run at once.
+        self._adapter = _GuardedAdapter(pool_connections=_POOLED_HOSTS, pool_maxsize=_POOLED_PER_HOST)
 
     # -- URL mapping ----------------------------------------------------------------------
 
@@ -320,9 +327,8 @@ class Fetcher:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.settings.user_agent
-            adapter = _GuardedAdapter()
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session.mount("http://", self._adapter)
+            session.mount("https://", self._adapter)
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
@@ -426,9 +432,9 @@ class Fetcher:
 
 # -- connection guard ---------------------------------------------------------------------
 # requests gives no hook between connecting and sending, so the guard reaches urllib3's
-# connections through a custom adapter whose pools build _GuardedHTTP(S)Connection. The guard of
-# the request in progress is found through a thread-local, because each session (and so each
-# connection pool) belongs to one thread.
+# connections through a custom adapter whose pools build _GuardedHTTP(S)Connection. The pools are
+# shared by all threads, but urllib3 connects and sends in the thread that asked, so the guard of
+# the request in progress is found through a thread-local.
 
 _active_guard = threading.local()
 
