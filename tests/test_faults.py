@@ -533,3 +533,19 @@ def test_journal_append_on_full_disk_keeps_whole_lines(small_tmpfs: Path) -> Non
     assert raised.value.errno == 28  # ENOSPC
     lines = (small_tmpfs / "journal.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["header", "page"]
+
+
+def test_model_write_on_full_disk_keeps_old_model(small_tmpfs: Path) -> None:
+    from dermcan.atomic_io import DiskFullError, write_torch
+
+    path = small_tmpfs / "models" / "model.pt"
+    write_torch(path, {"state_dict": {"weight": torch.zeros(4)}})
+    old = path.read_bytes()
+
+    with pytest.raises(DiskFullError) as raised:
+        write_torch(path, {"state_dict": {"weight": torch.zeros(1 << 20)}})
+
+    assert "model.pt" in str(raised.value)
+    assert "free space" in str(raised.value)
+    assert path.read_bytes() == old
+    assert sorted(entry.name for entry in path.parent.iterdir()) == ["model.pt"]

@@ -258,6 +258,28 @@ def test_released_manifest_short_line_recorded(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("## only a header\n", "has no entries"),
+        ("url,filepath\nhttp://example.org/a.jpg,a.jpg\n", "none of its 2 lines is a valid"),
+    ],
+)
+def test_released_manifest_without_valid_lines(tmp_path: Path, content: str, expected: str) -> None:
+    root = _layout(tmp_path, {})
+    (root / "manifest.txt").write_text(content, encoding="utf-8")
+    _set_line(root, "crawl", "source", "manifest")
+    _set_line(root, "crawl", "manifest.path", "manifest.txt")
+
+    result = _run_stage(root, "crawl")
+
+    assert result.returncode != 0
+    assert "manifest.txt" in result.stderr
+    assert expected in result.stderr
+    assert "crawl.manifest.path" in result.stderr
+    assert not (root / "data" / "crawl" / "manifest.csv").exists()
+
+
+@pytest.mark.parametrize(
     ("line", "expected"),
     [
         ("00000 malignantmelanoma 0.5 0.5 0.4", "expected 7 fields"),

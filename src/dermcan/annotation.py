@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dermcan import can_manifest
-from dermcan.atomic_io import write_csv
+from dermcan.atomic_io import replaced_folder, write_csv
 from dermcan.label_verification import (
     VERIFIER_KINDS,
     Verification,
@@ -330,28 +329,14 @@ def write_annotation(annotation: Annotation, output_dir: str | os.PathLike[str],
     Everything is first written to a sibling ``.partial`` folder, which then replaces
     ``output_dir``, so an interrupted run leaves the previous output whole.
     """
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(output_dir.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    for crop_path, crop in annotation.crops.items():
-        relative = Path(crop_path).relative_to(Path(crop_path).parents[1])
-        destination = staging / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        crop.save(destination, format="JPEG", quality=95)
-    write_csv(staging / "annotations.csv", annotation.rows, ANNOTATION_COLUMNS)
-    can_manifest.write_manifest(staging / "can_manifest.txt", manifest_entries(annotation.rows), header)
-
-    if output_dir.exists():
-        previous = output_dir.with_name(output_dir.name + ".previous")
-        if previous.exists():
-            shutil.rmtree(previous)
-        os.replace(output_dir, previous)
-        os.replace(staging, output_dir)
-        shutil.rmtree(previous)
-    else:
-        os.replace(staging, output_dir)
+    with replaced_folder(output_dir) as staging:
+        for crop_path, crop in annotation.crops.items():
+            relative = Path(crop_path).relative_to(Path(crop_path).parents[1])
+            destination = staging / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            crop.save(destination, format="JPEG", quality=95)
+        write_csv(staging / "annotations.csv", annotation.rows, ANNOTATION_COLUMNS)
+        can_manifest.write_manifest(staging / "can_manifest.txt", manifest_entries(annotation.rows), header)
 
 
 def contact_sheet_images(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import io
 import json
 import logging
 import os
@@ -96,6 +97,32 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
                        if entry.name.startswith(prefix) and entry.name.endswith(".tmp")])
 
 
+@contextlib.contextmanager
+def replaced_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty sibling ``<folder>.partial``; on success, swap it in for ``folder``.
+
+    A crash or an exception while the caller writes leaves the previous ``folder`` whole (and
+    the partial folder, which the next call clears). Between the two renames of the swap the
+    folder is briefly absent, so a reader may find it missing but never half written.
+    """
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    yield partial
+
+    if not folder.exists():
+        os.replace(partial, folder)
+        return
+    previous = folder.with_name(folder.name + ".previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    os.replace(folder, previous)
+    os.replace(partial, folder)
+    shutil.rmtree(previous)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     """Remove the temporary files that killed writers left anywhere under ``folder``.
 
@@ -143,6 +170,22 @@ def write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:
 def write_text(destination: str | os.PathLike[str], text: str) -> None:
     with atomic_path(destination) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def write_torch(destination: str | os.PathLike[str], obj: Any) -> None:
+    """Save ``obj`` with ``torch.save`` to ``destination`` atomically.
+
+    Given a path, ``torch.save`` names the folder inside its zip archive after the file, which
+    here would be the random temporary name. Given a file object it uses a fixed name, so equal
+    objects give equal bytes and DVC sees an unchanged output. The archive is built in memory
+    because torch 2.14 reports a failed write as a RuntimeError without the errno, and written
+    as bytes, a full disk raises :class:`DiskFullError`.
+    """
+    import torch  # slow to import, and most users of this module never need it
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(destination, buffer.getbuffer())
 
 
 def write_json(destination: str | os.PathLike[str], data: Any) -> None:

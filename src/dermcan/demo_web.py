@@ -44,7 +44,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from dermcan import atomic_io
 from dermcan.atomic_io import write_json
 from dermcan.classes import CLASSES, LANGUAGES, NAMES_BY_LANGUAGE
 from dermcan.synthetic_lesions import OFF_TOPIC_KINDS, render_clinical_photo, render_off_topic
@@ -900,28 +900,12 @@ def _index_page(
 
 
 def write_folder_atomically(folder: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (relative path -> bytes) into a sibling folder, then swap it in for ``folder``.
-
-    A crash while writing leaves the previous folder untouched. Between the two renames of
-    the swap the folder is briefly absent.
-    """
-    partial = folder.with_name(folder.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    for path in sorted(files):
-        destination = partial / path.lstrip("/")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(files[path])
-    partial.mkdir(parents=True, exist_ok=True)
-    if folder.exists():
-        previous = folder.with_name(folder.name + ".previous")
-        if previous.exists():
-            shutil.rmtree(previous)
-        folder.rename(previous)
-        partial.rename(folder)
-        shutil.rmtree(previous)
-    else:
-        partial.rename(folder)
+    """Write ``files`` (relative path -> bytes) into ``folder``, replacing it as a whole."""
+    with atomic_io.replaced_folder(folder) as partial:
+        for path in sorted(files):
+            destination = partial / path.lstrip("/")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(files[path])
 
 
 def _routes_json(routes: dict[str, dict[str, Any]]) -> bytes:

@@ -229,8 +229,7 @@ def save_checkpoint(
         "discriminator_optimizer": state.discriminator_optimizer.state_dict(),
         "rng_states": list(rng_states) if rng_states is not None else [rng_snapshot(state)],
     }
-    with atomic_io.atomic_path(path) as temporary:
-        torch.save(checkpoint, temporary)
+    atomic_io.write_torch(path, checkpoint)
 
 
 def rng_snapshot(state: TrainingState) -> dict[str, torch.Tensor]:
@@ -556,8 +555,7 @@ def export_generator(
         "step": step,
         "config": dataclasses.asdict(config),
     }
-    with atomic_io.atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    atomic_io.write_torch(path, payload)
     logger.info("wrote generator %s (step %d)", path, step)
 
 

@@ -364,15 +364,10 @@ def build_torchvision_detector(arch: str, num_classes: int = 2) -> Any:
 
 def save_torchvision_detector(model: Any, arch: str, path: str | Path) -> None:
     """Save ``model`` as a dict with ``arch``, ``num_classes`` and ``state_dict`` for loading."""
-    import torch
-
-    from dermcan.atomic_io import atomic_path
+    from dermcan import atomic_io
 
     num_classes = int(model.roi_heads.box_predictor.cls_score.out_features)
-    with atomic_path(path) as temporary:
-        torch.save(
-            {"arch": arch, "num_classes": num_classes, "state_dict": model.state_dict()}, temporary
-        )
+    atomic_io.write_torch(path, {"arch": arch, "num_classes": num_classes, "state_dict": model.state_dict()})
 
 
 class TorchvisionDetector:

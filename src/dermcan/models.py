@@ -136,8 +136,7 @@ def save_classifier(
     }
     if extra:
         checkpoint.update(extra)
-    with atomic_io.atomic_path(path) as temporary:
-        torch.save(checkpoint, temporary)
+    atomic_io.write_torch(path, checkpoint)
 
 
 def load_classifier(

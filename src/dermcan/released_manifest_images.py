@@ -45,6 +45,7 @@ from dermcan.page_parsing import ImageCandidate
 from dermcan.released_manifests import (
     read_manifest,
     STATUS_DEGENERATE_BOX,
+    STATUS_MALFORMED,
     STATUS_OK,
     ManifestReport,
     ManifestRow,
@@ -387,6 +388,7 @@ def collect_released_manifest(
     if not settings.get("path"):
         raise ValueError("crawl.source is manifest but crawl.manifest.path is empty: set it to a CAN manifest file")
     report = read_manifest(settings["path"], aliases=settings.get("aliases"))
+    check_has_entries(report)
     mirror = MirrorSettings.from_params(settings.get("mirror"))
 
     journal = open_journal(journal_path, config, [], store)
@@ -406,6 +408,27 @@ def collect_released_manifest(
         rows=images.rows, pages_fetched=0, pages_failed={}, hosts=images.hosts,
         resumed_pages=0, resumed_images=images.resumed_images,
     )  # fmt: skip
+
+
+def check_has_entries(report: ManifestReport) -> None:
+    """Raise ``ValueError`` when the manifest has no line that parses, before any download.
+
+    Single malformed lines are recorded and skipped. A file where every line is malformed is
+    almost always the wrong file or format, and a crawl of it would end with zero images.
+    """
+    if any(row.status != STATUS_MALFORMED for row in report.rows):
+        return
+    if not report.rows:
+        raise ValueError(
+            f"manifest {report.path} has no entries: check crawl.manifest.path, or fill the file with "
+            "'no label x_center y_center width height url' lines"
+        )
+    first = report.rows[0]
+    raise ValueError(
+        f"manifest {report.path}: none of its {len(report.rows)} lines is a valid "
+        f"'no label x_center y_center width height url' line (line {first.line_number}: {first.reason}); "
+        "check that crawl.manifest.path names a CAN manifest"
+    )
 
 
 def write_empty_box_outputs(crops_dir: str | Path, boxes_path: str | Path) -> None:

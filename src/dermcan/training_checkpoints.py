@@ -83,8 +83,7 @@ def restore_rng(snapshot: Mapping[str, Any], loader_generator: torch.Generator) 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
     """Write ``state`` (see the module docstring) to ``path`` atomically."""
-    with atomic_io.atomic_path(path) as temporary:
-        torch.save({"version": CHECKPOINT_VERSION, **state}, temporary)
+    atomic_io.write_torch(path, {"version": CHECKPOINT_VERSION, **state})
 
 
 def load_resumable_checkpoint(path: str | os.PathLike[str], *, fingerprint: str) -> dict[str, Any] | None:
