@@ -76,7 +76,7 @@ def download_in_child(settings: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING)
     work = Path(settings["work"])
     params = load_params("crawl", REPOSITORY_ROOT / "params.yaml")
-    params["workers"] = settings["concurrency"]
+    params["workers"] = settings["workers"]
     params["politeness"] = {**params["politeness"], "delay_s": 0.0, "max_per_host": settings["concurrency"]}
     params["retries"] = {**params["retries"], "max_retries": settings["retries"]}
     params["allowed_private_networks"] = ["127.0.0.0/8"]  # the crawler rejects loopback addresses by default
@@ -126,9 +126,14 @@ def _download_profiled(crawler: Any, candidates: list[Any]) -> Any:
 # -- one run of each tool, in the parent process ------------------------------------------
 
 
-def run_dermcan(server: ImageServer, url_list: Path, *, concurrency: int, retries: int) -> dict[str, Any]:
+def run_dermcan(
+    server: ImageServer, url_list: Path, *, concurrency: int, retries: int, workers: int | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-dermcan-") as temporary:
-        settings = {"work": temporary, "url_list": str(url_list), "concurrency": concurrency, "retries": retries}
+        settings = {
+            "work": temporary, "url_list": str(url_list), "concurrency": concurrency, "retries": retries,
+            "workers": workers or concurrency,
+        }  # fmt: skip
         command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(settings)]
         server.reset_stats()
         run = run_with_peak_rss(command, timeout_s=3600)
@@ -139,7 +144,10 @@ def run_dermcan(server: ImageServer, url_list: Path, *, concurrency: int, retrie
     return _figures("dermcan", run, server, downloaded, child["statuses"])
 
 
-def run_img2dataset(server: ImageServer, url_list: Path, *, concurrency: int, retries: int) -> dict[str, Any]:
+def run_img2dataset(
+    server: ImageServer, url_list: Path, *, concurrency: int, retries: int, workers: int | None = None
+) -> dict[str, Any]:
+    del workers  # img2dataset downloads in thread_count threads and processes in its main thread
     executable = IMG2DATASET_VENV / "bin" / "img2dataset"
     if not executable.exists():
         raise FileNotFoundError(
@@ -212,6 +220,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=5000, help="image URLs in the list (default 5000)")
     parser.add_argument("--concurrency", type=int, default=16,
                         help="dermcan crawl.workers and max_per_host; img2dataset thread_count (default 16)")
+    parser.add_argument("--dermcan-workers", type=int,
+                        help="dermcan crawl.workers when it should differ from the concurrency; max_per_host stays "
+                             "at the concurrency, so requests in progress never exceed it (default: the concurrency)")
     parser.add_argument("--retries", type=int, default=2, help="retries of a failed download, both tools (default 2)")
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[20.0, 100.0],
                         help="latency before each response: one value, or low and high of a uniform range (default 20 100)")
@@ -248,11 +259,15 @@ def main() -> int:
             order = [run_dermcan, run_img2dataset] if number % 2 == 0 else [run_img2dataset, run_dermcan]
             results = {}
             for runner in order:
-                result = runner(server, url_list, concurrency=arguments.concurrency, retries=arguments.retries)
+                result = runner(
+                    server, url_list, concurrency=arguments.concurrency, retries=arguments.retries,
+                    workers=arguments.dermcan_workers,
+                )
                 results[result["tool"]] = result
                 print(f"run {number + 1} {result['tool']}: {result['images_per_s']:.1f} images/s, "
                       f"{result['urls_per_s_wall']:.1f} URLs/s over the process, "
                       f"{result['cpu_ms_per_url']:.1f} CPU ms per URL, peak RSS {result['peak_tree_rss_bytes'] / 2**20:.0f} MiB, "
+                      f"at most {result['peak_in_progress']} requests in progress, "
                       f"{result['outcomes']}",
                       file=sys.stderr, flush=True)
             results["ratio_images_per_s"] = results["dermcan"]["images_per_s"] / results["img2dataset"]["images_per_s"]
@@ -268,6 +283,7 @@ def main() -> int:
             "peak_tree_rss_mib": _median(tool_runs, "peak_tree_rss_bytes") / 2**20,
             "cpu_ms_per_url": _median(tool_runs, "cpu_ms_per_url"),
             "downloaded": _median(tool_runs, "downloaded"),
+            "peak_in_progress": max(run["peak_in_progress"] for run in tool_runs),
         }
     summary["ratio_images_per_s"] = statistics.median(run["ratio_images_per_s"] for run in runs)
     summary["ratio_urls_per_s_wall"] = statistics.median(run["ratio_urls_per_s_wall"] for run in runs)
@@ -276,13 +292,14 @@ def main() -> int:
     print(f"\n{machine['nproc']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
           f"load average {machine['load_average_at_start'][0]:.1f} at the start; {versions}")
     print(f"{arguments.images} URLs, latency {arguments.latency_ms} ms, failure rate {arguments.failure_rate}, "
-          f"concurrency {arguments.concurrency}, retries {arguments.retries}, median of {arguments.runs} runs\n")
-    print("| downloader | images/s (server window) | URLs/s (whole process) | CPU ms per URL | peak RSS, process tree (MiB) | images downloaded |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"concurrency {arguments.concurrency}, dermcan workers {arguments.dermcan_workers or arguments.concurrency}, "
+          f"retries {arguments.retries}, median of {arguments.runs} runs\n")
+    print("| downloader | images/s (server window) | URLs/s (whole process) | CPU ms per URL | peak RSS, process tree (MiB) | images downloaded | max requests in progress |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for tool in ("dermcan", "img2dataset"):
         figures = summary[tool]
         print(f"| {tool} | {figures['images_per_s']:.1f} | {figures['urls_per_s_wall']:.1f} | {figures['cpu_ms_per_url']:.1f} | "
-              f"{figures['peak_tree_rss_mib']:.0f} | {figures['downloaded']:.0f} |")
+              f"{figures['peak_tree_rss_mib']:.0f} | {figures['downloaded']:.0f} | {figures['peak_in_progress']} |")
     print(f"\nratio dermcan/img2dataset: {summary['ratio_images_per_s']:.2f} (images/s), "
           f"{summary['ratio_urls_per_s_wall']:.2f} (URLs/s over the whole process)")
     print("dermcan does more per image than img2dataset: robots.txt, verification with Pillow, upright "
@@ -294,6 +311,7 @@ def main() -> int:
         "machine": {**machine, "versions": versions},
         "settings": {
             "images": arguments.images, "concurrency": arguments.concurrency, "retries": arguments.retries,
+            "dermcan_workers": arguments.dermcan_workers or arguments.concurrency,
             "latency_ms": arguments.latency_ms, "failure_rate": arguments.failure_rate, "runs": arguments.runs,
         },
         "summary": summary,
@@ -306,7 +324,7 @@ def main() -> int:
 def _profile(server: ImageServer, url_list: Path, arguments: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as temporary:
         settings = {
-            "work": temporary, "url_list": str(url_list), "concurrency": 1, "retries": arguments.retries,
+            "work": temporary, "url_list": str(url_list), "concurrency": 1, "workers": 1, "retries": arguments.retries,
             "profile": str(arguments.profile.resolve()),
         }
         command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(settings)]

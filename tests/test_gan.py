@@ -24,6 +24,7 @@ from dermcan.gan_training import (
     load_training_images,
     mode_seeking_penalty,
     train_gan,
+    training_code_digest,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,3 +321,18 @@ def test_stages_run_end_to_end(tmp_path: Path) -> None:
     assert 0 <= metrics["overall"]["classifier_agreement"] <= 1
     assert set(metrics["per_class"]) == set(CLASSES)
     assert metrics["per_class"][CLASSES[0]]["fid_can_cnn"] >= 0
+
+
+def test_checkpoint_from_other_code_restarts(
+    tmp_path: Path, tiny_data: tuple[torch.Tensor, torch.Tensor], trained_dir: Path
+) -> None:
+    images, labels = tiny_data
+    checkpoint = torch.load(trained_dir / CHECKPOINT_NAME, weights_only=False)
+    assert checkpoint["code"] == training_code_digest()
+    checkpoint["code"] = "0" * 64  # as written by an earlier version of the training code
+    torch.save(checkpoint, tmp_path / CHECKPOINT_NAME)
+    config = GanConfig.from_params({**TINY, "iterations": 2})
+
+    summary = train_gan(images, labels, classes=CLASSES, config=config, output_dir=tmp_path)
+
+    assert summary["step"] == 2

@@ -377,3 +377,41 @@ def test_endless_body_cut_off_early(server: HostileServer) -> None:
     assert exchange.client_gone
     # What was sent is the 1 MiB read plus what socket buffers absorbed, far below 256 MiB.
     assert exchange.sent < 32 << 20
+
+
+# -- environment: proxies and .netrc -------------------------------------------------------
+
+
+def test_proxy_from_environment_is_used(server: HostileServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.route("/photo", lambda exchange: exchange.respond(200, b"direct"))
+    with HostileServer() as proxy:
+        proxy.route("*", lambda exchange: exchange.respond(200, b"via proxy"))
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+
+        through_proxy = _fetch(server, "/photo")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        bypassed = _fetch(server, "/photo")
+        proxied_paths = proxy.paths
+
+    assert through_proxy.status == "ok"
+    assert through_proxy.content == b"via proxy"
+    assert proxied_paths == [server.url("/photo")]
+    assert bypassed.status == "ok"
+    assert bypassed.content == b"direct"
+
+
+def test_netrc_credentials_not_sent(
+    server: HostileServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login reader password secret\n", encoding="utf-8")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    server.route("/photo", lambda exchange: exchange.respond(200, b"body"))
+
+    result = _fetch(server, "/photo")
+
+    assert result.status == "ok"
+    assert "authorization" not in server.exchanges("/photo")[0].headers

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from classifier_fixtures import write_image_folder, write_training_list
-from dermcan import datasets, models, training
+from dermcan import datasets, models, training, training_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["basalcellcarcinoma", "malignantmelanoma", "melanocyticnevus"]
@@ -216,7 +216,7 @@ def test_checkpoint_resumes_only_matching_run(tmp_path, caplog):
     caplog.clear()
     longer = []
     training.train_classifier(dataclasses.replace(config, epochs=2), train, val, checkpoint_path=checkpoint, on_epoch_end=longer.append)
-    assert "other data or settings" in caplog.text
+    assert "other data, settings or training code" in caplog.text
     assert [record["epoch"] for record in longer] == [1, 2]
     assert longer[0] != first.history[0]
 
@@ -239,3 +239,24 @@ def test_unreadable_checkpoint_restarts(tmp_path):
     training.train_classifier(config, train, [], checkpoint_path=checkpoint, on_epoch_end=records.append)
     assert [record["epoch"] for record in records] == [1]
     assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
+
+
+def test_checkpoint_from_other_code_restarts(tmp_path, caplog, monkeypatch):
+    write_training_list(tmp_path, tmp_path / "can.csv", CLASSES[:2], per_class=4, val_per_class=1)
+    train = datasets.read_training_lists([tmp_path / "can.csv"], "train", root=tmp_path)
+    val = datasets.read_training_lists([tmp_path / "can.csv"], "val", root=tmp_path)
+    checkpoint = tmp_path / "checkpoint.pt"
+    config = training.TrainConfig(input_size=32, epochs=1, batch_size=4, num_workers=0)
+    training.train_classifier(config, train, val, checkpoint_path=checkpoint)
+    edited = tmp_path / "training.py"
+    edited.write_text((REPO / "src/dermcan/training.py").read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    sources = training_checkpoints._training_sources()
+    monkeypatch.setattr(training_checkpoints, "_training_sources", lambda: [edited, *sources[1:]])
+    caplog.set_level(logging.INFO)
+
+    records = []
+    training.train_classifier(config, train, val, checkpoint_path=checkpoint, on_epoch_end=records.append)
+
+    assert "other data, settings or training code" in caplog.text
+    assert "resuming from" not in caplog.text
+    assert [record["epoch"] for record in records] == [1]

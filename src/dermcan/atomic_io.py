@@ -65,7 +65,8 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """
     destination = Path(destination)
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        if not destination.parent.is_dir():  # a stat costs far less than mkdir on an existing folder
+            destination.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(
             prefix=f".{destination.name}.{os.getpid()}.", suffix=".tmp", dir=destination.parent
         )
@@ -177,7 +178,7 @@ def write_torch(destination: str | os.PathLike[str], obj: Any) -> None:
 
     Given a path, ``torch.save`` names the folder inside its zip archive after the file, which
     here would be the random temporary name. Given a file object it uses a fixed name, so equal
-    objects give equal bytes and DVC sees an unchanged output. The archive is built in memory
+    objects give equal bytes and DVC finds the output unchanged. The archive is built in memory
     because torch 2.14 reports a failed write as a RuntimeError without the errno, and written
     as bytes, a full disk raises :class:`DiskFullError`.
     """

@@ -31,7 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from dermcan import atomic_io
+from dermcan import atomic_io, distributed, gan_models
+from dermcan.training_checkpoints import source_digest
 from dermcan.distributed import init_distributed, shutdown_distributed
 from dermcan.gan_models import (
     Discriminator,
@@ -142,6 +143,11 @@ def load_training_images(
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
+def training_code_digest() -> str:
+    """Return a SHA-256 over the source of the modules that define GAN training."""
+    return source_digest([__file__, gan_models.__file__, distributed.__file__])  # type: ignore[list-item]
+
+
 def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     """Return a SHA-256 over the preprocessed images and labels, to detect changed data."""
     digest = hashlib.sha256()
@@ -222,6 +228,7 @@ def save_checkpoint(
         "config": dataclasses.asdict(config),
         "classes": list(classes),
         "fingerprint": fingerprint,
+        "code": training_code_digest(),
         "generator": state.generator.state_dict(),
         "generator_ema": state.generator_ema.state_dict(),
         "discriminator": state.discriminator.state_dict(),
@@ -265,8 +272,8 @@ def load_resumable_checkpoint(
 ) -> dict[str, Any] | None:
     """Return the checkpoint at ``path`` if it continues this run's data and settings, else None.
 
-    A checkpoint for other data, classes or training settings is not resumed: training starts
-    from step 0 and overwrites it at the first save.
+    A checkpoint for other data, classes, training settings or training code is not resumed:
+    training starts from step 0 and overwrites it at the first save.
     """
     if not path.is_file():
         return None
@@ -277,6 +284,9 @@ def load_resumable_checkpoint(
         reasons.append("the training images differ")
     if list(checkpoint["classes"]) != list(classes):
         reasons.append("the class list differs")
+    if checkpoint.get("code") != training_code_digest():
+        # dvc repro reruns gan_train after a code change; resuming would keep the old generator.
+        reasons.append("the training code changed")
     # A setting absent from an older checkpoint counts as changed: the run that wrote it did
     # not use the setting, whatever its default is now.
     changed = sorted(

@@ -35,6 +35,7 @@ import datetime
 import email.errors
 import email.utils
 import logging
+import os
 import socket
 import threading
 import time
@@ -204,6 +205,12 @@ class Fetcher:
         # there are workers however low its max_per_host. Shared, a host never has more open
         # connections than requests the gate lets run at once.
         self._adapter = _GuardedAdapter(pool_connections=_POOLED_HOSTS, pool_maxsize=_POOLED_PER_HOST)
+        # A session that trusts the environment rereads the proxy variables (two passes over
+        # os.environ) and looks for a .netrc file on every request. The crawler reads the proxy
+        # variables once per origin and the CA bundle variables once, and sends no .netrc
+        # credentials to the hosts that pages link to.
+        self._proxies_by_origin: dict[str, dict[str, str]] = {}
+        self._verify: str | bool = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
     # -- URL mapping ----------------------------------------------------------------------
 
@@ -327,12 +334,23 @@ class Fetcher:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.settings.user_agent
+            session.trust_env = False  # see __post_init__
             session.mount("http://", self._adapter)
             session.mount("https://", self._adapter)
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """Return the environment's proxies for ``url``'s origin (empty where NO_PROXY matches)."""
+        parts = urllib.parse.urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        proxies = self._proxies_by_origin.get(origin)
+        if proxies is None:
+            proxies = requests.utils.get_environ_proxies(url)
+            self._proxies_by_origin[origin] = proxies
+        return proxies
 
     def _get_once(self, url: str, *, max_bytes: int, accept: str, truncate: bool) -> _Attempt:
         settings = self.settings
@@ -359,6 +377,8 @@ class Fetcher:
                 timeout=(settings.connect_timeout_s, settings.read_timeout_s),
                 allow_redirects=False,
                 stream=True,
+                proxies=self._proxies_for(actual),
+                verify=self._verify,
             ) as response:
                 return self._read_response(response, max_bytes=max_bytes, guard=guard, truncate=truncate)
         except _PeerRejected as error:
@@ -433,7 +453,7 @@ class Fetcher:
 # -- connection guard ---------------------------------------------------------------------
 # requests gives no hook between connecting and sending, so the guard reaches urllib3's
 # connections through a custom adapter whose pools build _GuardedHTTP(S)Connection. The pools are
-# shared by all threads, but urllib3 connects and sends in the thread that asked, so the guard of
+# shared by all threads, but urllib3 connects and sends in the calling thread, so the guard of
 # the request in progress is found through a thread-local.
 
 _active_guard = threading.local()

@@ -6,8 +6,8 @@ history of epoch metrics (which the train stage replays into dvclive), and the R
 Python, numpy, torch (CPU and CUDA) and the training DataLoader's generator, of every rank.
 
 :func:`load_resumable_checkpoint` accepts a checkpoint only when it was written for the same
-training data (a hash of the decoded images and their labels), the same settings and the same
-number of processes. Otherwise training restarts at epoch 1.
+training data (a hash of the decoded images and their labels), the same settings, the same
+number of processes and the same training code. Otherwise training restarts at epoch 1.
 """
 
 from __future__ import annotations
@@ -37,6 +37,18 @@ CHECKPOINT_VERSION = 1
 RESUMABLE_SETTINGS = frozenset({"resume", "num_workers", "device", "cache_dir"})
 
 
+def source_digest(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """Return a SHA-256 over the bytes of the source files ``paths``, in the order given.
+
+    A resume checkpoint records it for the modules that define training. After a code change,
+    ``dvc repro`` reruns the stage, and resuming the old run would keep the old weights.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 def training_fingerprint(
     config: Any,
     samples: Mapping[str, Sequence[tuple[str, int]]],
@@ -44,7 +56,7 @@ def training_fingerprint(
     images: Any,
     world_size: int,
 ) -> str:
-    """Return a hash of the training settings, classes, process count and the decoded images.
+    """Return a hash of the training settings and code, classes, process count and the decoded images.
 
     ``samples`` maps "train" and "val" to ``(path, class index)`` lists. ``images`` is an
     :class:`dermcan.datasets.ImageCache` already holding every path, so hashing the pixels costs
@@ -54,6 +66,7 @@ def training_fingerprint(
     digest = hashlib.sha256()
     digest.update(repr(sorted(settings.items())).encode("utf-8"))
     digest.update(repr((list(classes), world_size)).encode("utf-8"))
+    digest.update(source_digest(_training_sources()).encode("ascii"))
     for role in sorted(samples):
         for path, target in samples[role]:
             digest.update(f"{role}|{path}|{target}|".encode("utf-8"))
@@ -104,7 +117,7 @@ def load_resumable_checkpoint(path: str | os.PathLike[str], *, fingerprint: str)
         log.info("checkpoint %s has another format; training starts at epoch 1", path)
         return None
     if checkpoint.get("fingerprint") != fingerprint:
-        log.info("checkpoint %s was made with other data or settings; training starts at epoch 1", path)
+        log.info("checkpoint %s was made with other data, settings or training code; training starts at epoch 1", path)
         return None
     return checkpoint
 
@@ -112,3 +125,9 @@ def load_resumable_checkpoint(path: str | os.PathLike[str], *, fingerprint: str)
 def remove_checkpoint(path: str | os.PathLike[str]) -> None:
     """Delete the checkpoint once the model it led to is published."""
     Path(path).unlink(missing_ok=True)
+
+
+def _training_sources() -> list[Path]:
+    # By path rather than by import, because dermcan.training imports this module.
+    package = Path(__file__).parent
+    return [package / name for name in ("training.py", "models.py", "datasets.py")]
