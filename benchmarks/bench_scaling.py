@@ -5,9 +5,12 @@ Run by hand from the repository root. At 1x, 4x and 16x the demo's default size
 
     .venv/bin/python benchmarks/bench_scaling.py --scales 1 4 16
 
-At 0.25x, 1x and 4x of the pipeline tests' tiny size, for development::
+At 1x and 4x of the pipeline tests' tiny size, for development (about a minute)::
 
-    .venv/bin/python benchmarks/bench_scaling.py --tiny --scales 0.25 1 4
+    .venv/bin/python benchmarks/bench_scaling.py --tiny --scales 1 4 --no-record
+
+Below 1x the tiny size leaves a class too few images to split; raise
+``demo_web.photos_per_class`` with ``--params`` first, as docs/benchmarks.md shows.
 
 For each scale it clones this repository (committed files only) into a temporary folder. It
 multiplies ``demo_web.photos_per_class``, ``demo_web.blog_posts`` and every ``demo_web.noise``
