@@ -192,3 +192,23 @@ def test_dermnet_on_blocklist() -> None:
     config = CrawlConfig.from_params(_crawl_params())
     assert config.is_blocked("https://dermnetnz.org/topics/melanoma")
     assert config.is_blocked("https://www.dermnetnz.org/assets/x.jpg")
+
+
+def test_blocklist_matches_idn_either_way() -> None:
+    params = _crawl_params()
+    params["blocked_hosts"] = ["bücher.example", "xn--mnchen-3ya.example", "ÄRZTE.example:8080"]
+    config = CrawlConfig.from_params(params)
+
+    assert config.is_blocked("http://xn--bcher-kva.example/a.jpg")
+    assert config.is_blocked("http://www.BÜCHER.example/a.jpg")
+    assert config.is_blocked("http://münchen.example/")
+    assert config.is_blocked("http://xn--rzte-koa.example:8080/")
+    assert not config.is_blocked("http://ärzte.example/")  # another port
+    assert not config.is_blocked("http://buecher.example/")
+
+
+def test_blocklist_rejects_invalid_idn() -> None:
+    params = _crawl_params()
+    params["blocked_hosts"] = ["a..b\u0301.example"]
+    with pytest.raises(ValueError, match="crawl.blocked_hosts"):
+        CrawlConfig.from_params(params)

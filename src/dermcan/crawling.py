@@ -45,7 +45,7 @@ from dermcan.image_store import ImageRejected, ImageStore
 from dermcan.keyword_matching import KeywordMatcher
 from dermcan.page_parsing import ExtractionRules, ImageCandidate, parse_page
 from dermcan.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsFetch
-from dermcan.url_safety import STATUS_INVALID_URL, parse_networks
+from dermcan.url_safety import STATUS_INVALID_URL, ascii_host, ascii_url, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class CrawlConfig:
             ),
             robots_user_agent=str(params["robots_user_agent"]),
             workers=int(params["workers"]),
-            blocked_hosts=tuple(str(host).lower() for host in params.get("blocked_hosts") or ()),
+            blocked_hosts=tuple(_ascii_host_pattern(str(host)) for host in params.get("blocked_hosts") or ()),
             max_page_bytes=int(params["max_page_bytes"]),
             max_image_bytes=int(params["max_image_bytes"]),
             max_image_pixels=int(params["max_image_pixels"]),
@@ -212,7 +212,13 @@ class CrawlConfig:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def is_blocked(self, url: str) -> bool:
-        host = host_of(url)
+        # Hosts and patterns are compared in punycode, so "bücher.example" also blocks
+        # "xn--bcher-kva.example". A host that is no valid IDN is compared as written; the URL
+        # check rejects it before any request.
+        try:
+            host = host_of(ascii_url(url))
+        except ValueError:
+            host = host_of(url)
         return any(host_matches(host, pattern) for pattern in self.blocked_hosts)
 
     def allowing_networks(self, networks: Sequence[str]) -> CrawlConfig:
@@ -220,6 +226,15 @@ class CrawlConfig:
         allowed = tuple(dict.fromkeys(self.http.allowed_private_networks + parse_networks(
             networks, setting="allowed networks")))
         return dataclasses.replace(self, http=dataclasses.replace(self.http, allowed_private_networks=allowed))
+
+
+def _ascii_host_pattern(pattern: str) -> str:
+    """Return a crawl.blocked_hosts entry ("name[:port]") lower-cased, with its name in punycode."""
+    name, colon, port = pattern.strip().lower().partition(":")
+    try:
+        return ascii_host(name) + colon + port
+    except ValueError as error:
+        raise ValueError(f"crawl.blocked_hosts: {error}") from None
 
 
 @dataclass
