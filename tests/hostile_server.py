@@ -163,7 +163,7 @@ class HostileServer:
         return self.base_url + path
 
     def route(self, path: str, handler: Route) -> None:
-        """Answer requests for ``path`` (without query) with ``handler``; path ``*`` answers all others."""
+        """Serve requests for ``path`` (without query) with ``handler``. Path ``*`` serves all others."""
         self._server.routes[path] = handler
 
     def exchanges(self, path: str | None = None) -> list[Exchange]:

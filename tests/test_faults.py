@@ -460,16 +460,9 @@ GAN_CHECKPOINT = Path("models/cgan/checkpoint.pt")
 
 
 def write_gan_repo(root: Path) -> None:
-    from test_gan import TINY, write_crops
+    from test_gan import TINY, write_split_list
 
-    rows = write_crops(root / "data" / "annotated")
-    for row in rows:
-        row["path"] = Path(row["path"]).relative_to(root).as_posix()
-    (root / "data" / "split").mkdir(parents=True)
-    with open(root / "data" / "split" / "can.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split", "group"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_split_list(root)
     gan = {**TINY, "iterations": GAN_ITERATIONS, "checkpoint_every": GAN_CHECKPOINT_EVERY, "log_every": GAN_CHECKPOINT_EVERY}
     (root / "params.yaml").write_text(yaml.safe_dump({"gan": gan}), encoding="utf-8")
 

@@ -66,6 +66,18 @@ def write_crops(root: Path, per_class: int = 4) -> list[dict[str, str]]:
     return rows
 
 
+def write_split_list(root: Path, extra_rows: list[dict[str, str]] | None = None) -> None:
+    """Write crops under root/data/annotated and list them in root/data/split/can.csv, as the split stage does."""
+    rows = write_crops(root / "data" / "annotated")
+    for row in rows:
+        row["path"] = Path(row["path"]).relative_to(root).as_posix()
+    (root / "data" / "split").mkdir(parents=True)
+    with open(root / "data" / "split" / "can.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split", "group"])
+        writer.writeheader()
+        writer.writerows(rows + list(extra_rows or []))
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.Tensor, torch.Tensor]:
     rows = write_crops(tmp_path_factory.mktemp("crops"))
@@ -284,16 +296,9 @@ def test_stages_run_end_to_end(tmp_path: Path) -> None:
     """gan_train, gan_generate and gan_metrics run as scripts from a repository root."""
     from dermcan.models import build_classifier, save_classifier
 
-    rows = write_crops(tmp_path / "data" / "annotated")
-    for row in rows:
-        row["path"] = Path(row["path"]).relative_to(tmp_path).as_posix()
-    (tmp_path / "data" / "split").mkdir(parents=True)
-    with open(tmp_path / "data" / "split" / "can.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split", "group"])
-        writer.writeheader()
-        writer.writerows(rows)
-        writer.writerow({"path": "data/annotated/val.jpg", "label": CLASSES[0], "split": "val",
-                         "group": "val"})  # a validation row whose file is absent: never read
+    # A validation row whose file is absent: the GAN stages must never read it.
+    absent = {"path": "data/annotated/val.jpg", "label": CLASSES[0], "split": "val", "group": "val"}
+    write_split_list(tmp_path, extra_rows=[absent])
     torch.manual_seed(0)
     classifier = build_classifier("mobilenet_v3_small", len(CLASSES))
     save_classifier(tmp_path / "models" / "can" / "model.pt", classifier, arch="mobilenet_v3_small",

@@ -93,7 +93,7 @@ def test_redirect_to_file_scheme_is_rejected(server: HostileServer) -> None:
 
 
 def _busy_once(retry_after: str):
-    """Return a route that answers 429 with ``retry_after`` the first time and 200 afterwards."""
+    """Return a route that responds 429 with ``retry_after`` the first time and 200 afterwards."""
     calls: list[str] = []
 
     def route(exchange: Exchange) -> None:

@@ -151,7 +151,7 @@ def _remove_stale(candidates: Iterable[Path]) -> int:
 
 def _writer_is_gone(pid: int) -> bool:
     # NOTE: a temporary of an earlier process that had this process's id is kept, because it
-    # cannot be told apart from one that another thread of this process is writing.
+    # cannot be distinguished from one that another thread of this process is writing.
     if pid == os.getpid():
         return False
     try:

@@ -102,8 +102,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
 def load_resumable_checkpoint(path: str | os.PathLike[str], *, fingerprint: str) -> dict[str, Any] | None:
     """Return the checkpoint at ``path`` if it continues a run with ``fingerprint``, else None.
 
-    A missing file returns None silently; an unreadable one, or one for other data or
-    settings, returns None with a log line saying why training starts at epoch 1.
+    A missing file returns None silently. An unreadable one, or one for other data, settings
+    or training code, returns None with a log line that says why training starts at epoch 1.
     """
     path = Path(path)
     if not path.is_file():

@@ -123,7 +123,7 @@ class AddressPolicy:
         self.allowed_networks: tuple[IpNetwork, ...] = tuple(
             ipaddress.ip_network(network, strict=False) for network in allowed_networks
         )
-        # Hosts that passed recently: an image crawl asks about the same few hosts thousands of
+        # Hosts that passed recently: an image crawl checks the same few hosts thousands of
         # times, and a resolver without a cache would send a DNS query each time. Passing is
         # safe to remember because the fetcher checks the peer of every new connection anyway.
         self._passed_until: dict[tuple[str, int], float] = {}

@@ -5,9 +5,9 @@ dvclive log ``metrics/train/SET/`` (per-epoch loss, validation accuracy and macr
 Under ``torchrun --nproc-per-node N src/stages/train.py SET`` it trains with
 DistributedDataParallel and only rank 0 writes files.
 
-After every epoch it writes a checkpoint to ``.cache/train_state/SET/checkpoint.pt``; a rerun
-after an interruption resumes from it when ``train.resume`` is true and the data and settings
-are unchanged. The checkpoint is deleted once the model is published.
+After every epoch it writes a checkpoint to ``.cache/train_state/SET/checkpoint.pt``. A rerun
+after an interruption resumes from it when ``train.resume`` is true and the data, settings and
+training code are unchanged. The checkpoint is deleted once the model is published.
 """
 
 from __future__ import annotations
